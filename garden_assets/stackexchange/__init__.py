@@ -1,0 +1,1 @@
+"""Stack Exchange dumps: streaming reader, HTML → text, Q/A join (pure Python + polars, no dagster)."""

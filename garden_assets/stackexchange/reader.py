@@ -1,0 +1,276 @@
+"""Streaming reader for Stack Exchange ``Posts.xml`` (plain, in a folder, or inside a site ``.7z``).
+
+The XML is fed in 1 MiB chunks to lxml's ``XMLPullParser`` and every ``<row>`` is cleared once read, so memory
+stays flat in the file size. A ``.7z`` is decompressed by py7zr in a background thread into a bounded queue
+(py7zr pushes chunks to a writer; the parser pulls), so the archive is never held in memory either.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import queue
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow as pa
+from lxml import etree
+
+CHUNK = 1 << 20
+BATCH_ROWS = 20_000
+QUESTION, ANSWER = 1, 2
+# Real dumps since 2024 carry deliberately fake posts (ids from 1_000_000_001, owned by user -1).
+FAKE_ID_MIN = 1_000_000_000
+
+RAW_SCHEMA = pa.schema(
+    [
+        ("id", pa.int64()),
+        ("post_type", pa.int8()),
+        ("parent_id", pa.int64()),
+        ("accepted_answer_id", pa.int64()),
+        ("score", pa.int64()),
+        ("title", pa.string()),
+        ("body_html", pa.string()),
+        ("tags", pa.list_(pa.string())),
+        ("creation_date", pa.timestamp("ms")),
+        ("last_activity_date", pa.timestamp("ms")),
+        ("owner_user_id", pa.int64()),
+        ("drop", pa.string()),
+    ]
+)
+
+
+class DumpError(ValueError):
+    """A dump that cannot be read; the message names the file (and line where there is one)."""
+
+
+@dataclasses.dataclass
+class ReadStats:
+    """What a read saw: kept rows by type, and every skipped row counted by reason."""
+
+    rows: int = 0
+    questions: int = 0
+    answers: int = 0
+    skipped: Counter = dataclasses.field(default_factory=Counter)
+    examples: list[str] = dataclasses.field(default_factory=list)  # first few "file:line: reason"
+
+    def skip(self, reason: str, where: str) -> None:
+        self.skipped[reason] += 1
+        if len(self.examples) < 20:
+            self.examples.append(f"{where}: {reason}")
+
+    @property
+    def skipped_total(self) -> int:
+        return sum(self.skipped.values())
+
+
+def find_posts(path: str | Path) -> tuple[Path, str | None]:
+    """Resolve a drop (a ``Posts.xml``, a folder holding one or a ``.7z``, or a ``.7z``) to (file, 7z member)."""
+    path = Path(path)
+    if path.is_dir():
+        candidates = sorted(path.glob("Posts.xml")) or sorted(path.glob("*.7z"))
+        if not candidates:
+            raise DumpError(f"{path}: folder holds neither Posts.xml nor a .7z archive")
+        path = candidates[0]
+    if not path.exists():
+        raise DumpError(f"{path}: no such file")
+    if path.suffix.lower() == ".7z":
+        return path, _posts_member(path)
+    return path, None
+
+
+def _posts_member(archive: Path) -> str:
+    import py7zr
+
+    try:
+        with py7zr.SevenZipFile(archive, "r") as z:
+            names = z.getnames()
+    except (py7zr.exceptions.Bad7zFile, py7zr.exceptions.ArchiveError, EOFError, OSError) as e:
+        raise DumpError(f"{archive}: not a readable 7z archive ({e})") from e
+    posts = [n for n in names if Path(n).name.lower() == "posts.xml"]
+    if not posts:
+        raise DumpError(f"{archive}: archive has no Posts.xml (members: {', '.join(names[:10]) or 'none'})")
+    return posts[0]
+
+
+def _file_chunks(path: Path) -> Iterator[bytes]:
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            yield chunk
+
+
+def _7z_chunks(archive: Path, member: str) -> Iterator[bytes]:
+    """Stream one member out of a .7z: py7zr writes into a bounded queue from a thread; we read from it."""
+    import py7zr
+    from py7zr.io import Py7zIO, WriterFactory
+
+    q: queue.Queue = queue.Queue(maxsize=8)
+    stop = threading.Event()
+    done = object()
+
+    class QueueIO(Py7zIO):
+        def __init__(self) -> None:
+            self.n = 0
+
+        def write(self, s):
+            if stop.is_set():
+                raise InterruptedError("reader stopped")
+            q.put(bytes(s))
+            self.n += len(s)
+            return len(s)
+
+        def read(self, size=None):
+            return b""
+
+        def seek(self, offset, whence=0):
+            return 0
+
+        def flush(self):
+            pass
+
+        def size(self):
+            return self.n
+
+    class QueueFactory(WriterFactory):
+        def create(self, filename):
+            return QueueIO()
+
+    def pump() -> None:
+        try:
+            with py7zr.SevenZipFile(archive, "r") as z:
+                z.extract(targets=[member], factory=QueueFactory())
+            q.put(done)
+        except BaseException as e:  # handed to the consumer, which raises it with the file name
+            q.put(e)
+
+    t = threading.Thread(target=pump, daemon=True, name="7z-reader")
+    t.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise DumpError(f"{archive}!{member}: cannot decompress ({item})") from item
+            yield item
+    finally:
+        stop.set()
+        while t.is_alive():  # drain so the writer thread can finish
+            try:
+                q.get(timeout=0.1)
+            except queue.Empty:
+                pass
+
+
+def _int(value: str | None) -> int | None:
+    return None if value is None or value == "" else int(value)
+
+
+def _date(value: str | None) -> dt.datetime | None:
+    return None if not value else dt.datetime.fromisoformat(value)
+
+
+def parse_tags(value: str | None) -> list[str]:
+    """Both tag formats: old ``<a><b>`` and 2024 ``|a|b|``."""
+    if not value:
+        return []
+    if value.startswith("<"):
+        return [t for t in value.strip("<>").split("><") if t]
+    return [t for t in value.split("|") if t]
+
+
+def iter_batches(
+    path: str | Path, drop: str | None = None, stats: ReadStats | None = None, batch_rows: int = BATCH_ROWS
+) -> Iterator[pa.RecordBatch]:
+    """Yield ``raw_posts`` record batches from a dump; skipped rows are counted in ``stats``.
+
+    Raises ``DumpError`` naming the file and line for anything that makes the file unreadable as a whole.
+    """
+    file, member = find_posts(path)
+    name = f"{file}!{member}" if member else str(file)
+    drop = drop if drop is not None else Path(path).name
+    stats = stats if stats is not None else ReadStats()
+    chunks = _7z_chunks(file, member) if member else _file_chunks(file)
+    parser = etree.XMLPullParser(events=("end",), tag="row", huge_tree=True, remove_comments=True)
+    cols: dict[str, list] = {f.name: [] for f in RAW_SCHEMA}
+    seen_bytes = 0
+    for chunk in chunks:
+        seen_bytes += len(chunk)
+        try:
+            parser.feed(chunk)
+            events = list(parser.read_events())
+        except etree.XMLSyntaxError as e:
+            raise DumpError(f"{name}:{e.lineno}: malformed XML: {e.msg}") from e
+        for _, el in events:
+            _take_row(el, cols, stats, name, drop)
+            el.clear(keep_tail=False)
+            parent = el.getparent()
+            if parent is not None:  # drop already-read siblings so memory stays flat
+                while el.getprevious() is not None:
+                    del parent[0]
+        if len(cols["id"]) >= batch_rows:
+            yield pa.RecordBatch.from_pydict(cols, schema=RAW_SCHEMA)
+            cols = {k: [] for k in cols}
+    if seen_bytes == 0:
+        raise DumpError(f"{name}: empty file")
+    try:
+        root = parser.close()
+    except etree.XMLSyntaxError as e:
+        raise DumpError(f"{name}:{e.lineno}: malformed XML (file cut short?): {e.msg}") from e
+    if root is None or root.tag != "posts":
+        raise DumpError(f"{name}: root element is <{getattr(root, 'tag', None)}>, expected <posts>")
+    if cols["id"]:
+        yield pa.RecordBatch.from_pydict(cols, schema=RAW_SCHEMA)
+
+
+def _take_row(el, cols: dict[str, list], stats: ReadStats, name: str, drop: str) -> None:
+    a = el.attrib
+    where = f"{name}:{el.sourceline}"
+    try:
+        post_id = _int(a.get("Id"))
+        post_type = _int(a.get("PostTypeId"))
+        if post_id is None or post_type is None:
+            stats.skip("missing Id or PostTypeId", where)
+            return
+        if post_type not in (QUESTION, ANSWER):
+            stats.skip(f"PostTypeId {post_type}", where)
+            return
+        owner = _int(a.get("OwnerUserId"))
+        if post_id > FAKE_ID_MIN and owner == -1:
+            stats.skip("fake post", where)
+            return
+        row = (
+            post_id,
+            post_type,
+            _int(a.get("ParentId")),
+            _int(a.get("AcceptedAnswerId")),
+            _int(a.get("Score", "0")),
+            a.get("Title"),
+            a.get("Body", ""),
+            parse_tags(a.get("Tags")),
+            _date(a.get("CreationDate")),
+            _date(a.get("LastActivityDate") or a.get("CreationDate")),
+            owner,
+            drop,
+        )
+    except ValueError as e:
+        stats.skip(f"bad value ({e})", where)
+        return
+    for key, value in zip(cols, row):
+        cols[key].append(value)
+    stats.rows += 1
+    if post_type == QUESTION:
+        stats.questions += 1
+    else:
+        stats.answers += 1
+
+
+def read_posts(path: str | Path, drop: str | None = None, stats: ReadStats | None = None):
+    """Read a whole dump into a polars DataFrame with the ``raw_posts`` columns."""
+    import polars as pl
+
+    batches = list(iter_batches(path, drop=drop, stats=stats))
+    table = pa.Table.from_batches(batches, schema=RAW_SCHEMA)
+    return pl.from_arrow(table)
