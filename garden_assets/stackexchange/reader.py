@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import queue
+import re
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ import pyarrow as pa
 from lxml import etree
 
 CHUNK = 1 << 20
-BATCH_ROWS = 20_000
+BATCH_ROWS = 2_000
 QUESTION, ANSWER = 1, 2
 # Real dumps since 2024 carry deliberately fake posts (ids from 1_000_000_001, owned by user -1).
 FAKE_ID_MIN = 1_000_000_000
@@ -56,10 +57,17 @@ class ReadStats:
     skipped: Counter = dataclasses.field(default_factory=Counter)
     examples: list[str] = dataclasses.field(default_factory=list)  # first few "file:line: reason"
 
-    def skip(self, reason: str, where: str) -> None:
-        self.skipped[reason] += 1
+    def skip(self, reason: str, where: str, n: int = 1) -> None:
+        self.skipped[reason] += n
         if len(self.examples) < 20:
             self.examples.append(f"{where}: {reason}")
+
+    def merge(self, other: "ReadStats") -> None:
+        self.rows += other.rows
+        self.questions += other.questions
+        self.answers += other.answers
+        self.skipped.update(other.skipped)
+        self.examples.extend(other.examples[: max(0, 20 - len(self.examples))])
 
     @property
     def skipped_total(self) -> int:
@@ -164,6 +172,60 @@ def _7z_chunks(archive: Path, member: str) -> Iterator[bytes]:
                 pass
 
 
+def _range_chunks(path: Path, start: int, end: int, first: bool, last: bool) -> Iterator[bytes]:
+    """One line-aligned byte range of a dump, wrapped so it parses as a document of its own."""
+    if not first:
+        yield b"<posts>"
+    with open(path, "rb") as f:
+        f.seek(start)
+        left = end - start
+        while left > 0 and (chunk := f.read(min(CHUNK, left))):
+            left -= len(chunk)
+            yield chunk
+    if not last:
+        yield b"</posts>"
+
+
+@dataclasses.dataclass(frozen=True)
+class ByteRange:
+    start: int
+    end: int
+    first_line: int
+    first: bool
+    last: bool
+
+
+def plan_ranges(path: str | Path, range_bytes: int = 8 << 20) -> list[ByteRange] | None:
+    """Split a plain ``Posts.xml`` into line-aligned ranges that start at a ``<row`` line, for parallel reading.
+
+    Dumps write one ``<row>`` per line; a file that does not (boundary lines that are not rows) returns None
+    and is read sequentially instead.
+    """
+    path = Path(path)
+    size = path.stat().st_size
+    starts, lines = [0], [1]
+    with open(path, "rb") as f:
+        newlines = 0
+        pos = range_bytes
+        while pos < size:
+            f.seek(starts[-1])
+            newlines_here = f.read(pos - starts[-1]).count(b"\n")
+            f.readline()
+            line_start = f.tell()
+            newlines_here += 1
+            if line_start >= size:
+                break
+            if not f.read(64).lstrip().startswith(b"<row"):
+                return None if f.tell() < size else [ByteRange(0, size, 1, True, True)]
+            newlines += newlines_here
+            starts.append(line_start)
+            lines.append(newlines + 1)
+            pos = line_start + range_bytes
+    ends = starts[1:] + [size]
+    n = len(starts)
+    return [ByteRange(s, e, l, i == 0, i == n - 1) for i, (s, e, l) in enumerate(zip(starts, ends, lines))]
+
+
 def _int(value: str | None) -> int | None:
     return None if value is None or value == "" else int(value)
 
@@ -181,18 +243,34 @@ def parse_tags(value: str | None) -> list[str]:
     return [t for t in value.split("|") if t]
 
 
-def iter_batches(
-    path: str | Path, drop: str | None = None, stats: ReadStats | None = None, batch_rows: int = BATCH_ROWS
-) -> Iterator[pa.RecordBatch]:
-    """Yield ``raw_posts`` record batches from a dump; skipped rows are counted in ``stats``.
+def drop_name(path: str | Path) -> str:
+    """The drop a dump belongs to: its folder's name for a ``Posts.xml``, else the file or folder name."""
+    path = Path(path)
+    return path.parent.name if path.name.lower() == "posts.xml" else path.name
 
-    Raises ``DumpError`` naming the file and line for anything that makes the file unreadable as a whole.
+
+def iter_batches(
+    path: str | Path,
+    drop: str | None = None,
+    stats: ReadStats | None = None,
+    batch_rows: int = BATCH_ROWS,
+    byte_range: ByteRange | None = None,
+) -> Iterator[pa.RecordBatch]:
+    """Yield ``raw_posts`` record batches from a dump (or one ``plan_ranges`` range of it).
+
+    Skipped rows are counted in ``stats``. Raises ``DumpError`` naming the file and line for anything that
+    makes the file unreadable as a whole.
     """
     file, member = find_posts(path)
     name = f"{file}!{member}" if member else str(file)
-    drop = drop if drop is not None else Path(path).name
+    drop = drop if drop is not None else drop_name(path)
     stats = stats if stats is not None else ReadStats()
-    chunks = _7z_chunks(file, member) if member else _file_chunks(file)
+    line0 = 0
+    if byte_range is not None:
+        chunks = _range_chunks(file, byte_range.start, byte_range.end, byte_range.first, byte_range.last)
+        line0 = byte_range.first_line - 1
+    else:
+        chunks = _7z_chunks(file, member) if member else _file_chunks(file)
     parser = etree.XMLPullParser(events=("end",), tag="row", huge_tree=True, remove_comments=True)
     cols: dict[str, list] = {f.name: [] for f in RAW_SCHEMA}
     seen_bytes = 0
@@ -202,32 +280,40 @@ def iter_batches(
             parser.feed(chunk)
             events = list(parser.read_events())
         except etree.XMLSyntaxError as e:
-            raise DumpError(f"{name}:{e.lineno}: malformed XML: {e.msg}") from e
+            raise _syntax_error(name, e, line0) from e
         for _, el in events:
-            _take_row(el, cols, stats, name, drop)
+            _take_row(el, cols, stats, name, drop, line0)
             el.clear(keep_tail=False)
             parent = el.getparent()
             if parent is not None:  # drop already-read siblings so memory stays flat
                 while el.getprevious() is not None:
                     del parent[0]
-        if len(cols["id"]) >= batch_rows:
-            yield pa.RecordBatch.from_pydict(cols, schema=RAW_SCHEMA)
-            cols = {k: [] for k in cols}
+            if len(cols["id"]) >= batch_rows:
+                yield pa.RecordBatch.from_pydict(cols, schema=RAW_SCHEMA)
+                cols = {k: [] for k in cols}
     if seen_bytes == 0:
         raise DumpError(f"{name}: empty file")
     try:
         root = parser.close()
     except etree.XMLSyntaxError as e:
-        raise DumpError(f"{name}:{e.lineno}: malformed XML (file cut short?): {e.msg}") from e
+        raise _syntax_error(name, e, line0, "file cut short? ") from e
     if root is None or root.tag != "posts":
         raise DumpError(f"{name}: root element is <{getattr(root, 'tag', None)}>, expected <posts>")
     if cols["id"]:
         yield pa.RecordBatch.from_pydict(cols, schema=RAW_SCHEMA)
 
 
-def _take_row(el, cols: dict[str, list], stats: ReadStats, name: str, drop: str) -> None:
+def _syntax_error(name: str, e: etree.XMLSyntaxError, line0: int, hint: str = "") -> DumpError:
+    """A DumpError at the file's own line numbers (a parallel range parses with its own numbering)."""
+    msg = re.sub(r"line (\d+)", lambda m: f"line {int(m.group(1)) + line0}", e.msg or "")
+    if "encoding" in msg or "UTF-8" in msg:
+        hint += "the file is not valid UTF-8: "
+    return DumpError(f"{name}:{(e.lineno or 0) + line0}: malformed XML ({hint.rstrip(': ')}): {msg}" if hint else f"{name}:{(e.lineno or 0) + line0}: malformed XML: {msg}")
+
+
+def _take_row(el, cols: dict[str, list], stats: ReadStats, name: str, drop: str, line0: int) -> None:
     a = el.attrib
-    where = f"{name}:{el.sourceline}"
+    where = f"{name}:{el.sourceline + line0}"
     try:
         post_id = _int(a.get("Id"))
         post_type = _int(a.get("PostTypeId"))

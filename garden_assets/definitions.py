@@ -1,0 +1,13 @@
+"""The one Definitions object: assets, checks, sensors, schedules, jobs and resources."""
+
+import dagster as dg
+
+from .defs import automation, posts
+from .defs.resources import resources
+
+defs = dg.Definitions(
+    assets=[posts.raw_posts, posts.clean_posts, posts.qa_pairs],
+    asset_checks=[posts.raw_posts_unique_ids, posts.clean_posts_plain_text, posts.qa_pairs_complete],
+    sensors=[automation.drops_sensor],
+    resources=resources(),
+)

@@ -1,0 +1,1 @@
+"""The Dagster layer: thin asset, check, sensor and schedule modules over the library."""

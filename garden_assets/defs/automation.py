@@ -1,0 +1,49 @@
+"""The drops sensor: a new or changed drop becomes a partition and a run; an unchanged one never does."""
+
+
+import json
+import os
+
+import dagster as dg
+
+from ..drops import content_hash, scan_drops
+from .posts import drops_partitions, raw_posts
+from .resources import GardenPaths
+
+SETTLE_SECONDS = float(os.environ.get("GARDEN_DROP_SETTLE_S", "2"))
+
+
+@dg.sensor(
+    asset_selection=[raw_posts],
+    minimum_interval_seconds=30,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Watches GARDEN_DROPS; run keys carry the drop's content hash.",
+)
+def drops_sensor(context: dg.SensorEvaluationContext, paths: GardenPaths) -> dg.SensorResult:
+    # The cursor remembers (size, mtime) → hash per drop so an unchanged file is never hashed again.
+    seen: dict = json.loads(context.cursor) if context.cursor else {}
+    drops, problems = scan_drops(paths.drops_path, settle_seconds=SETTLE_SECONDS)
+    for problem in problems:
+        context.log.warning(f"not a drop: {problem}")
+    known = set(context.instance.get_dynamic_partitions(drops_partitions.name))
+    requests, new_keys, cursor = [], [], {}
+    for drop in drops:
+        stamp = [drop.size, drop.mtime_ns]
+        previous = seen.get(drop.key)
+        digest = previous["hash"] if previous and previous["stamp"] == stamp else content_hash(drop.file)
+        cursor[drop.key] = {"stamp": stamp, "hash": digest}
+        if drop.key not in known:
+            new_keys.append(drop.key)
+        requests.append(
+            dg.RunRequest(
+                run_key=f"{drop.key}:{digest[:16]}",  # Dagster skips run keys it has already seen
+                partition_key=drop.key,
+                tags={"garden/drop_hash": digest[:16]},
+            )
+        )
+    return dg.SensorResult(
+        run_requests=requests,
+        dynamic_partitions_requests=[drops_partitions.build_add_request(new_keys)] if new_keys else [],
+        cursor=json.dumps(cursor),
+        skip_reason=None if drops else f"no drops in {paths.drops_path}",
+    )

@@ -1,0 +1,139 @@
+"""Ingestion assets: raw_posts[drop] → clean_posts[drop] → qa_pairs (all drops), with their checks."""
+
+
+import dagster as dg
+import polars as pl
+
+from ..drops import content_hash, locate
+from ..stackexchange.qa import build_pairs, newest_posts
+from ..stackexchange.reader import ReadStats, find_posts, read_posts
+from ..stackexchange.text import clean_posts as clean_frame
+from ..stackexchange.text import has_html
+from .metadata import counts, preview
+from .resources import GardenPaths
+
+drops_partitions = dg.DynamicPartitionsDefinition(name="drops")
+
+# A failed (bad) drop leaves its partition missing; that must not hold back the good ones.
+follow_upstream = dg.AutomationCondition.eager().without(~dg.AutomationCondition.any_deps_missing())
+
+
+@dg.asset(
+    partitions_def=drops_partitions,
+    group_name="ingest",
+    kinds={"polars", "parquet"},
+    description="Every question and answer row of one drop, as read from its Posts.xml (or site .7z).",
+)
+def raw_posts(context: dg.AssetExecutionContext, paths: GardenPaths) -> dg.Output[pl.DataFrame]:
+    entry = locate(paths.drops_path, context.partition_key)
+    file, member = find_posts(entry)
+    stats = ReadStats()
+    df = read_posts(entry, drop=context.partition_key, stats=stats)
+    df, duplicates = newest_posts(df)
+    if duplicates:
+        stats.skip("duplicate id (older row dropped)", str(file), n=duplicates)
+    if df.height == 0:
+        raise dg.Failure(f"{file}: no question or answer rows in this drop", metadata=_skips(stats))
+    for line in stats.examples[:10]:
+        context.log.warning(f"skipped {line}")
+    digest = content_hash(file)
+    return dg.Output(
+        df,
+        data_version=dg.DataVersion(digest[:16]),
+        metadata={
+            "source": dg.MetadataValue.path(f"{file}!{member}" if member else str(file)),
+            "content_hash": digest,
+            **counts(rows=df.height, questions=stats.questions, answers=stats.answers),
+            **_skips(stats),
+            "preview": preview(df, ["id", "post_type", "parent_id", "score", "title", "tags", "last_activity_date"]),
+        },
+    )
+
+
+def _skips(stats: ReadStats) -> dict:
+    meta = {"skipped": dg.MetadataValue.int(stats.skipped_total)}
+    meta.update({f"skipped: {reason}": dg.MetadataValue.int(n) for reason, n in sorted(stats.skipped.items())})
+    if stats.examples:
+        meta["skipped examples"] = dg.MetadataValue.md("\n".join(f"- `{e}`" for e in stats.examples[:10]))
+    return meta
+
+
+class CleanConfig(dg.Config):
+    min_score: int = 5
+    max_body_chars: int = 1000
+
+
+@dg.asset(
+    partitions_def=drops_partitions,
+    group_name="ingest",
+    kinds={"polars", "parquet"},
+    automation_condition=dg.AutomationCondition.eager(),
+    description="raw_posts with HTML turned into text, filtered by score and length (as in the talk).",
+)
+def clean_posts(config: CleanConfig, raw_posts: pl.DataFrame) -> dg.Output[pl.DataFrame]:
+    df, c = clean_frame(raw_posts, min_score=config.min_score, max_body_chars=config.max_body_chars)
+    return dg.Output(
+        df,
+        metadata={
+            **counts(**{k: v for k, v in c.items()}),
+            "min_score": config.min_score,
+            "max_body_chars": config.max_body_chars,
+            "preview": preview(df, ["id", "post_type", "score", "title", "text"]),
+        },
+    )
+
+
+class PairsConfig(dg.Config):
+    site_url: str = "https://gardening.stackexchange.com"
+
+
+@dg.asset(
+    group_name="ingest",
+    kinds={"polars", "parquet"},
+    ins={"clean_posts": dg.AssetIn(metadata={"allow_missing_partitions": True})},
+    automation_condition=follow_upstream,
+    description="One row per answer joined to its question, over all drops; the newest version of a post wins.",
+)
+def qa_pairs(
+    context: dg.AssetExecutionContext, config: PairsConfig, clean_posts: dict[str, pl.DataFrame]
+) -> dg.Output[pl.DataFrame]:
+    frames = [df for df in clean_posts.values() if df.height]
+    if not frames:
+        raise dg.Failure("no cleaned posts in any drop: materialize raw_posts/clean_posts for a drop first")
+    pairs, stats = build_pairs(pl.concat(frames, how="vertical_relaxed"), site_url=config.site_url)
+    context.log.info(f"pairs from drops {sorted(clean_posts)}: {stats}")
+    return dg.Output(
+        pairs,
+        metadata={
+            **counts(**stats, drops=len(clean_posts), accepted=int(pairs["is_accepted"].sum())),
+            "preview": preview(pairs, ["question_id", "answer_id", "instruction", "response", "is_accepted"]),
+        },
+    )
+
+
+@dg.asset_check(asset=raw_posts, blocking=True, description="Post ids are unique within the drop.")
+def raw_posts_unique_ids(raw_posts: pl.DataFrame) -> dg.AssetCheckResult:
+    dupes = raw_posts.height - raw_posts["id"].n_unique()
+    return dg.AssetCheckResult(passed=dupes == 0, metadata={"duplicate_ids": dupes})
+
+
+@dg.asset_check(asset=clean_posts, blocking=True, description="No HTML tags are left in any text; ids unique.")
+def clean_posts_plain_text(clean_posts: pl.DataFrame) -> dg.AssetCheckResult:
+    tagged = clean_posts.filter(pl.col("text").map_elements(has_html, return_dtype=pl.Boolean))
+    dupes = clean_posts.height - clean_posts["id"].n_unique()
+    return dg.AssetCheckResult(
+        passed=tagged.height == 0 and dupes == 0,
+        metadata={"rows_with_html": tagged.height, "duplicate_ids": dupes, "example_ids": str(tagged["id"].head(5).to_list())},
+    )
+
+
+@dg.asset_check(asset=qa_pairs, blocking=True, description="Every pair has a non-empty instruction and response.")
+def qa_pairs_complete(qa_pairs: pl.DataFrame) -> dg.AssetCheckResult:
+    empty = qa_pairs.filter(
+        (pl.col("instruction").str.strip_chars() == "") | (pl.col("response").str.strip_chars() == "")
+    )
+    dupes = qa_pairs.height - qa_pairs["answer_id"].n_unique()
+    return dg.AssetCheckResult(
+        passed=empty.height == 0 and dupes == 0 and qa_pairs.height > 0,
+        metadata={"pairs": qa_pairs.height, "empty_rows": empty.height, "duplicate_answer_ids": dupes},
+    )

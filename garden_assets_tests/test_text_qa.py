@@ -1,0 +1,59 @@
+import datetime as dt
+
+import polars as pl
+
+from garden_assets.stackexchange.qa import QA_COLUMNS, build_pairs
+from garden_assets.stackexchange.reader import read_posts
+from garden_assets.stackexchange.text import clean_posts, has_html, html_to_text
+
+from .conftest import a, q, write_dump
+
+
+def test_html_to_text_keeps_structure():
+    html = (
+        "<p>Test &amp; adjust pH to 4.5&ndash;5.5 &deg;</p>\n\n<ul>\n<li>sulfur</li>\n<li>pine <a href='x'>bark</a></li>\n</ul>\n"
+        "<pre><code>week 1: 10 g\n    week 2: 5 g &lt;- less\n</code></pre>\n<blockquote><p>quoted</p></blockquote>"
+        '<p><img src="a.jpg" alt="yellow leaves"> and <strong>bold</strong><br>next line</p>'
+    )
+    text = html_to_text(html)
+    assert text.splitlines() == [
+        "Test & adjust pH to 4.5–5.5 °", "", "- sulfur", "- pine bark", "", "week 1: 10 g", "    week 2: 5 g <- less",
+        "", "quoted", "", "[image: yellow leaves] and bold", "next line",
+    ]
+    assert not has_html(text)
+    assert has_html("left <p>over</p>") and not has_html("pH < 5 and > 4")
+    assert html_to_text("") == "" and html_to_text(None) == ""
+
+
+def test_clean_posts_filters_and_counts(tmp_path):
+    long_body = "<p>" + "mulch " * 300 + "</p>"
+    path = write_dump(tmp_path / "Posts.xml", [q(1, score=9), a(2, 1, score=2), a(3, 1, score=8, body=long_body), a(4, 1, body="<p></p>")])
+    raw = read_posts(path)
+    clean, counts = clean_posts(raw, min_score=5, max_body_chars=1000)
+    assert clean["id"].to_list() == [1]
+    assert counts == {"rows_in": 4, "removed_empty_text": 1, "removed_min_score": 1, "removed_max_body_chars": 1, "rows_out": 1}
+    assert "body_html" not in clean.columns and "text" in clean.columns
+    unfiltered, counts = clean_posts(raw)
+    assert unfiltered.height == 3 and "removed_min_score" not in counts
+
+
+def test_pairs_newest_wins_orphans_and_accepted(tmp_path):
+    d1 = write_dump(tmp_path / "d1" / "Posts.xml", [q(1, accepted=2, title="Old title"), a(2, 1), a(3, 1), a(9, 404)])
+    d2 = write_dump(
+        tmp_path / "d2" / "Posts.xml",
+        [q(1, accepted=2, title="New title", last="2024-05-01T00:00:00.000"), a(3, 1, body="<p>edited</p>", last="2024-05-01T00:00:00.000"),
+         a(2, 1, body="<p>stale copy</p>", last="2022-01-01T00:00:00.000")],
+    )
+    clean = pl.concat([clean_posts(read_posts(d))[0] for d in (d1, d2)])
+    pairs, stats = build_pairs(clean, site_url="https://garden.example/")
+    assert pairs.columns == QA_COLUMNS
+    assert pairs["answer_id"].to_list() == [2, 3]
+    assert pairs["instruction"].to_list() == ["New title", "New title"]
+    assert pairs["response"].to_list() == ["Plant cloves 5 cm deep, pointy end up.", "edited"]
+    assert pairs["is_accepted"].to_list() == [True, False]
+    assert pairs["source_url"][0] == "https://garden.example/a/2"
+    assert stats["orphan_answers"] == 1 and stats["posts_superseded"] == 3
+    assert pairs["content_hash"].n_unique() == 2
+    # The hash follows content only.
+    again, _ = build_pairs(clean, site_url="https://garden.example/")
+    assert again["content_hash"].to_list() == pairs["content_hash"].to_list()
