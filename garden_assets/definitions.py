@@ -7,7 +7,6 @@ from .defs.resources import resources
 
 defs = dg.Definitions(
     assets=[posts.raw_posts, posts.clean_posts, posts.qa_pairs],
-    asset_checks=[posts.raw_posts_unique_ids, posts.clean_posts_plain_text, posts.qa_pairs_complete],
     sensors=[automation.drops_sensor],
     resources=resources(),
 )

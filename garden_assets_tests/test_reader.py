@@ -143,5 +143,5 @@ def test_ingest_writes_parquet_atomically(tmp_path):
 
 def test_batches_are_bounded(tmp_path):
     path = write_dump(tmp_path / "Posts.xml", [q(i) for i in range(1, 1001)])
-    sizes = [b.num_rows for b in iter_batches(path, batch_rows=300)]
+    sizes = [b.height for b in iter_batches(path, batch_rows=300)]
     assert sizes == [300, 300, 300, 100]

@@ -17,7 +17,7 @@ def test_html_to_text_keeps_structure():
     )
     text = html_to_text(html)
     assert text.splitlines() == [
-        "Test & adjust pH to 4.5–5.5 °", "", "- sulfur", "- pine bark", "", "week 1: 10 g", "    week 2: 5 g <- less",
+        "Test & adjust pH to 4.5–5.5 °", "- sulfur", "- pine bark", "", "week 1: 10 g", "    week 2: 5 g <- less",
         "", "quoted", "", "[image: yellow leaves] and bold", "next line",
     ]
     assert not has_html(text)

@@ -139,7 +139,9 @@ def second_drop(first: list[dict], questions: list[dict]) -> list[dict]:
     edit_time = dt.datetime(2025, 1, 20, 12)
     answered = [r for r in first if r["PostTypeId"] == 2 and r.get("ParentId", 0) < 900_000]
     by_id = {r["Id"]: r for r in first}
-    for i, answer in enumerate(answered[5:50:9]):
+    # Edit posts that pass the default filters (score >= 5, short), so the edits show up in qa_pairs.
+    editable = [r for r in answered if r["Score"] >= 5 and len(r["Body"]) < 700 and by_id[r["ParentId"]]["Score"] >= 5]
+    for i, answer in enumerate(editable[2:60:10]):
         edited = dict(answer)
         edited.pop("ContentLicense", None)
         edited["Body"] = answer["Body"] + f"\n\n<p><strong>Edit (2025):</strong> after another season I would add: check again in spring, results vary by {['soil', 'climate', 'variety', 'exposure', 'watering'][i % 5]}.</p>"

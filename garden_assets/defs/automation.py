@@ -34,6 +34,8 @@ def drops_sensor(context: dg.SensorEvaluationContext, paths: GardenPaths) -> dg.
         cursor[drop.key] = {"stamp": stamp, "hash": digest}
         if drop.key not in known:
             new_keys.append(drop.key)
+        elif previous and previous["hash"] == digest:
+            continue  # unchanged content: nothing to do (the run key would dedupe it anyway)
         requests.append(
             dg.RunRequest(
                 run_key=f"{drop.key}:{digest[:16]}",  # Dagster skips run keys it has already seen

@@ -6,7 +6,7 @@ import polars as pl
 
 from ..drops import content_hash, locate
 from ..stackexchange.qa import build_pairs, newest_posts
-from ..stackexchange.reader import ReadStats, find_posts, read_posts
+from ..stackexchange.reader import DumpError, ReadStats, find_posts, read_posts
 from ..stackexchange.text import clean_posts as clean_frame
 from ..stackexchange.text import has_html
 from .metadata import counts, preview
@@ -23,12 +23,16 @@ follow_upstream = dg.AutomationCondition.eager().without(~dg.AutomationCondition
     group_name="ingest",
     kinds={"polars", "parquet"},
     description="Every question and answer row of one drop, as read from its Posts.xml (or site .7z).",
+    check_specs=[dg.AssetCheckSpec("unique_ids", asset="raw_posts", blocking=True, description="Post ids are unique within the drop.")],
 )
-def raw_posts(context: dg.AssetExecutionContext, paths: GardenPaths) -> dg.Output[pl.DataFrame]:
-    entry = locate(paths.drops_path, context.partition_key)
-    file, member = find_posts(entry)
+def raw_posts(context: dg.AssetExecutionContext, paths: GardenPaths):
     stats = ReadStats()
-    df = read_posts(entry, drop=context.partition_key, stats=stats)
+    try:
+        entry = locate(paths.drops_path, context.partition_key)
+        file, member = find_posts(entry)
+        df = read_posts(entry, drop=context.partition_key, stats=stats)
+    except DumpError as e:  # a bad drop: say which file and line, fail only this partition
+        raise dg.Failure(description=str(e), allow_retries=False) from None
     df, duplicates = newest_posts(df)
     if duplicates:
         stats.skip("duplicate id (older row dropped)", str(file), n=duplicates)
@@ -37,9 +41,8 @@ def raw_posts(context: dg.AssetExecutionContext, paths: GardenPaths) -> dg.Outpu
     for line in stats.examples[:10]:
         context.log.warning(f"skipped {line}")
     digest = content_hash(file)
-    return dg.Output(
+    yield dg.Output(
         df,
-        data_version=dg.DataVersion(digest[:16]),
         metadata={
             "source": dg.MetadataValue.path(f"{file}!{member}" if member else str(file)),
             "content_hash": digest,
@@ -48,6 +51,7 @@ def raw_posts(context: dg.AssetExecutionContext, paths: GardenPaths) -> dg.Outpu
             "preview": preview(df, ["id", "post_type", "parent_id", "score", "title", "tags", "last_activity_date"]),
         },
     )
+    yield unique_ids_check(df, "id")
 
 
 def _skips(stats: ReadStats) -> dict:
@@ -69,10 +73,11 @@ class CleanConfig(dg.Config):
     kinds={"polars", "parquet"},
     automation_condition=dg.AutomationCondition.eager(),
     description="raw_posts with HTML turned into text, filtered by score and length (as in the talk).",
+    check_specs=[dg.AssetCheckSpec("plain_text", asset="clean_posts", blocking=True, description="No HTML tags are left in any text; ids unique.")],
 )
-def clean_posts(config: CleanConfig, raw_posts: pl.DataFrame) -> dg.Output[pl.DataFrame]:
+def clean_posts(config: CleanConfig, raw_posts: pl.DataFrame):
     df, c = clean_frame(raw_posts, min_score=config.min_score, max_body_chars=config.max_body_chars)
-    return dg.Output(
+    yield dg.Output(
         df,
         metadata={
             **counts(**{k: v for k, v in c.items()}),
@@ -80,6 +85,13 @@ def clean_posts(config: CleanConfig, raw_posts: pl.DataFrame) -> dg.Output[pl.Da
             "max_body_chars": config.max_body_chars,
             "preview": preview(df, ["id", "post_type", "score", "title", "text"]),
         },
+    )
+    tagged = df.filter(pl.col("text").map_elements(has_html, return_dtype=pl.Boolean))
+    dupes = df.height - df["id"].n_unique()
+    yield dg.AssetCheckResult(
+        check_name="plain_text",
+        passed=tagged.height == 0 and dupes == 0,
+        metadata={"rows_with_html": tagged.height, "duplicate_ids": dupes, "example_ids": str(tagged["id"].head(5).to_list())},
     )
 
 
@@ -93,47 +105,29 @@ class PairsConfig(dg.Config):
     ins={"clean_posts": dg.AssetIn(metadata={"allow_missing_partitions": True})},
     automation_condition=follow_upstream,
     description="One row per answer joined to its question, over all drops; the newest version of a post wins.",
+    check_specs=[dg.AssetCheckSpec("complete_pairs", asset="qa_pairs", blocking=True, description="Every pair has a non-empty instruction and response; answer ids unique.")],
 )
-def qa_pairs(
-    context: dg.AssetExecutionContext, config: PairsConfig, clean_posts: dict[str, pl.DataFrame]
-) -> dg.Output[pl.DataFrame]:
+def qa_pairs(context: dg.AssetExecutionContext, config: PairsConfig, clean_posts: dict[str, pl.DataFrame]):
     frames = [df for df in clean_posts.values() if df.height]
     if not frames:
         raise dg.Failure("no cleaned posts in any drop: materialize raw_posts/clean_posts for a drop first")
     pairs, stats = build_pairs(pl.concat(frames, how="vertical_relaxed"), site_url=config.site_url)
     context.log.info(f"pairs from drops {sorted(clean_posts)}: {stats}")
-    return dg.Output(
+    yield dg.Output(
         pairs,
         metadata={
             **counts(**stats, drops=len(clean_posts), accepted=int(pairs["is_accepted"].sum())),
             "preview": preview(pairs, ["question_id", "answer_id", "instruction", "response", "is_accepted"]),
         },
     )
+    empty = pairs.filter((pl.col("instruction").str.strip_chars() == "") | (pl.col("response").str.strip_chars() == ""))
+    yield unique_ids_check(pairs, "answer_id", check_name="complete_pairs", extra_failures=empty.height)
 
 
-@dg.asset_check(asset=raw_posts, blocking=True, description="Post ids are unique within the drop.")
-def raw_posts_unique_ids(raw_posts: pl.DataFrame) -> dg.AssetCheckResult:
-    dupes = raw_posts.height - raw_posts["id"].n_unique()
-    return dg.AssetCheckResult(passed=dupes == 0, metadata={"duplicate_ids": dupes})
-
-
-@dg.asset_check(asset=clean_posts, blocking=True, description="No HTML tags are left in any text; ids unique.")
-def clean_posts_plain_text(clean_posts: pl.DataFrame) -> dg.AssetCheckResult:
-    tagged = clean_posts.filter(pl.col("text").map_elements(has_html, return_dtype=pl.Boolean))
-    dupes = clean_posts.height - clean_posts["id"].n_unique()
+def unique_ids_check(df: pl.DataFrame, column: str, check_name: str = "unique_ids", extra_failures: int = 0):
+    dupes = df.height - df[column].n_unique()
     return dg.AssetCheckResult(
-        passed=tagged.height == 0 and dupes == 0,
-        metadata={"rows_with_html": tagged.height, "duplicate_ids": dupes, "example_ids": str(tagged["id"].head(5).to_list())},
-    )
-
-
-@dg.asset_check(asset=qa_pairs, blocking=True, description="Every pair has a non-empty instruction and response.")
-def qa_pairs_complete(qa_pairs: pl.DataFrame) -> dg.AssetCheckResult:
-    empty = qa_pairs.filter(
-        (pl.col("instruction").str.strip_chars() == "") | (pl.col("response").str.strip_chars() == "")
-    )
-    dupes = qa_pairs.height - qa_pairs["answer_id"].n_unique()
-    return dg.AssetCheckResult(
-        passed=empty.height == 0 and dupes == 0 and qa_pairs.height > 0,
-        metadata={"pairs": qa_pairs.height, "empty_rows": empty.height, "duplicate_answer_ids": dupes},
+        check_name=check_name,
+        passed=dupes == 0 and extra_failures == 0,
+        metadata={f"duplicate_{column}s": dupes, "empty_rows": extra_failures, "rows": df.height},
     )

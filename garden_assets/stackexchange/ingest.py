@@ -24,7 +24,7 @@ from .text import clean_posts
 
 def _clean_batches(dump, drop, stats, byte_range, min_score, max_body_chars) -> Iterator[pa.Table]:
     for batch in iter_batches(dump, drop=drop, stats=stats, byte_range=byte_range):
-        clean, _ = clean_posts(pl.from_arrow(batch), min_score=min_score, max_body_chars=max_body_chars)
+        clean, _ = clean_posts(batch, min_score=min_score, max_body_chars=max_body_chars)
         yield clean.to_arrow()
 
 
@@ -51,8 +51,11 @@ def iter_clean(
         yield from _clean_batches(dump, drop, stats, None, min_score, max_body_chars)
         return
     jobs = [(dump, drop, r, min_score, max_body_chars) for r in ranges]
-    # spawn, not fork: forking after polars' thread pool has run can deadlock the child.
-    with mp.get_context("spawn").Pool(min(workers, len(ranges))) as pool:
+    # forkserver, not fork: forking after polars' thread pool has run can deadlock the child; the server
+    # imports this module once and forks clean workers from it.
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload([__name__])
+    with ctx.Pool(min(workers, len(ranges))) as pool:
         for tables, got in pool.imap(_work, jobs):  # imap keeps file order; at most a few ranges in flight
             stats.merge(got)
             yield from tables

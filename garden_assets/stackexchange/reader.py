@@ -226,12 +226,26 @@ def plan_ranges(path: str | Path, range_bytes: int = 8 << 20) -> list[ByteRange]
     return [ByteRange(s, e, l, i == 0, i == n - 1) for i, (s, e, l) in enumerate(zip(starts, ends, lines))]
 
 
-def _int(value: str | None) -> int | None:
-    return None if value is None or value == "" else int(value)
+class _ChunkStream:
+    """A file-like ``read(n)`` over an iterator of byte chunks, so lxml's C-level ``iterparse`` can pull from it."""
 
+    def __init__(self, chunks: Iterator[bytes]):
+        self.chunks = chunks
+        self.buffer = b""
+        self.pos = 0
+        self.seen = 0
 
-def _date(value: str | None) -> dt.datetime | None:
-    return None if not value else dt.datetime.fromisoformat(value)
+    def read(self, n: int = -1) -> bytes:
+        while self.pos >= len(self.buffer):
+            chunk = next(self.chunks, None)
+            if chunk is None:
+                return b""
+            self.buffer, self.pos = chunk, 0
+        end = len(self.buffer) if n < 0 else self.pos + n
+        out = self.buffer[self.pos : end]
+        self.pos += len(out)
+        self.seen += len(out)
+        return out
 
 
 def parse_tags(value: str | None) -> list[str]:
@@ -255,8 +269,8 @@ def iter_batches(
     stats: ReadStats | None = None,
     batch_rows: int = BATCH_ROWS,
     byte_range: ByteRange | None = None,
-) -> Iterator[pa.RecordBatch]:
-    """Yield ``raw_posts`` record batches from a dump (or one ``plan_ranges`` range of it).
+) -> Iterator["pl.DataFrame"]:
+    """Yield ``raw_posts`` frames of at most ``batch_rows`` rows from a dump (or one ``plan_ranges`` range of it).
 
     Skipped rows are counted in ``stats``. Raises ``DumpError`` naming the file and line for anything that
     makes the file unreadable as a whole.
@@ -271,36 +285,33 @@ def iter_batches(
         line0 = byte_range.first_line - 1
     else:
         chunks = _7z_chunks(file, member) if member else _file_chunks(file)
-    parser = etree.XMLPullParser(events=("end",), tag="row", huge_tree=True, remove_comments=True)
-    cols: dict[str, list] = {f.name: [] for f in RAW_SCHEMA}
-    seen_bytes = 0
-    for chunk in chunks:
-        seen_bytes += len(chunk)
-        try:
-            parser.feed(chunk)
-            events = list(parser.read_events())
-        except etree.XMLSyntaxError as e:
-            raise _syntax_error(name, e, line0) from e
-        for _, el in events:
-            _take_row(el, cols, stats, name, drop, line0)
-            el.clear(keep_tail=False)
-            parent = el.getparent()
-            if parent is not None:  # drop already-read siblings so memory stays flat
-                while el.getprevious() is not None:
-                    del parent[0]
-            if len(cols["id"]) >= batch_rows:
-                yield pa.RecordBatch.from_pydict(cols, schema=RAW_SCHEMA)
-                cols = {k: [] for k in cols}
-    if seen_bytes == 0:
-        raise DumpError(f"{name}: empty file")
+    stream = _ChunkStream(chunks)
+    cols: list[list] = [[] for _ in ATTRS]
+    lines: list[int] = []
+    getters = [(col.append, key) for col, key in zip(cols, ATTRS)]
+    rows = etree.iterparse(stream, events=("end",), tag="row", huge_tree=True, remove_comments=True)
     try:
-        root = parser.close()
+        for _, el in rows:
+            get = el.attrib.get
+            for append, key in getters:
+                append(get(key))
+            lines.append(el.sourceline)
+            el.clear(keep_tail=False)
+            while el.getprevious() is not None:  # drop already-read siblings so memory stays flat
+                del el.getparent()[0]
+            if len(lines) >= batch_rows:
+                yield _typed_batch(cols, lines, stats, name, drop, line0)
+                cols, lines = [[] for _ in ATTRS], []
+                getters = [(col.append, key) for col, key in zip(cols, ATTRS)]
+        if lines:
+            yield _typed_batch(cols, lines, stats, name, drop, line0)
+        if rows.root is None or rows.root.tag != "posts":
+            raise DumpError(f"{name}: root element is <{getattr(rows.root, 'tag', None)}>, expected <posts>")
     except etree.XMLSyntaxError as e:
-        raise _syntax_error(name, e, line0, "file cut short? ") from e
-    if root is None or root.tag != "posts":
-        raise DumpError(f"{name}: root element is <{getattr(root, 'tag', None)}>, expected <posts>")
-    if cols["id"]:
-        yield pa.RecordBatch.from_pydict(cols, schema=RAW_SCHEMA)
+        if stream.seen == 0:
+            raise DumpError(f"{name}: empty file") from e
+        cut = "end of document" in (e.msg or "") or "Premature end" in (e.msg or "")
+        raise _syntax_error(name, e, line0, "file cut short? " if cut else "") from e
 
 
 def _syntax_error(name: str, e: etree.XMLSyntaxError, line0: int, hint: str = "") -> DumpError:
@@ -311,52 +322,66 @@ def _syntax_error(name: str, e: etree.XMLSyntaxError, line0: int, hint: str = ""
     return DumpError(f"{name}:{(e.lineno or 0) + line0}: malformed XML ({hint.rstrip(': ')}): {msg}" if hint else f"{name}:{(e.lineno or 0) + line0}: malformed XML: {msg}")
 
 
-def _take_row(el, cols: dict[str, list], stats: ReadStats, name: str, drop: str, line0: int) -> None:
-    a = el.attrib
-    where = f"{name}:{el.sourceline + line0}"
-    try:
-        post_id = _int(a.get("Id"))
-        post_type = _int(a.get("PostTypeId"))
-        if post_id is None or post_type is None:
-            stats.skip("missing Id or PostTypeId", where)
-            return
-        if post_type not in (QUESTION, ANSWER):
-            stats.skip(f"PostTypeId {post_type}", where)
-            return
-        owner = _int(a.get("OwnerUserId"))
-        if post_id > FAKE_ID_MIN and owner == -1:
-            stats.skip("fake post", where)
-            return
-        row = (
-            post_id,
-            post_type,
-            _int(a.get("ParentId")),
-            _int(a.get("AcceptedAnswerId")),
-            _int(a.get("Score", "0")),
-            a.get("Title"),
-            a.get("Body", ""),
-            parse_tags(a.get("Tags")),
-            _date(a.get("CreationDate")),
-            _date(a.get("LastActivityDate") or a.get("CreationDate")),
-            owner,
-            drop,
-        )
-    except ValueError as e:
-        stats.skip(f"bad value ({e})", where)
-        return
-    for key, value in zip(cols, row):
-        cols[key].append(value)
-    stats.rows += 1
-    if post_type == QUESTION:
-        stats.questions += 1
-    else:
-        stats.answers += 1
+ATTRS = ["Id", "PostTypeId", "ParentId", "AcceptedAnswerId", "Score", "Title", "Body", "Tags", "CreationDate",
+         "LastActivityDate", "OwnerUserId"]
+_INTS = {"Id": "id", "PostTypeId": "post_type", "ParentId": "parent_id", "AcceptedAnswerId": "accepted_answer_id",
+         "Score": "score", "OwnerUserId": "owner_user_id"}
+_DATES = {"CreationDate": "creation_date", "LastActivityDate": "last_activity_date"}
+
+
+def _typed_batch(cols: list[list], lines: list[int], stats: ReadStats, name: str, drop: str, line0: int):
+    """Raw attribute strings → typed ``raw_posts`` rows, vectorized in polars; bad rows counted with their line."""
+    import polars as pl
+
+    raw = pl.DataFrame({k: pl.Series(k, v, dtype=pl.String) for k, v in zip(ATTRS, cols)}).with_columns(
+        pl.Series("line", lines, dtype=pl.Int64) + line0
+    )
+    typed = raw.with_columns(
+        *(pl.col(k).str.strip_chars().cast(pl.Int64, strict=False).alias(v) for k, v in _INTS.items()),
+        *(pl.col(k).str.to_datetime("%Y-%m-%dT%H:%M:%S%.f", strict=False, time_unit="ms").alias(v) for k, v in _DATES.items()),
+    )
+    bad_value = pl.lit(False)
+    for k, v in {**_INTS, **_DATES}.items():
+        bad_value = bad_value | (pl.col(k).is_not_null() & pl.col(v).is_null())
+    reason = (
+        pl.when(pl.col("Id").is_null() | pl.col("PostTypeId").is_null()).then(pl.lit("missing Id or PostTypeId"))
+        .when(bad_value).then(pl.lit("bad value (not a number or date)"))
+        .when(~pl.col("post_type").is_in([QUESTION, ANSWER])).then(pl.format("PostTypeId {}", pl.col("post_type")))
+        .when((pl.col("id") > FAKE_ID_MIN) & (pl.col("owner_user_id") == -1)).then(pl.lit("fake post"))
+    )
+    typed = typed.with_columns(reason.alias("skip"))
+    skipped = typed.filter(pl.col("skip").is_not_null())
+    if skipped.height:
+        for reason_, n in skipped.group_by("skip").len().iter_rows():
+            stats.skipped[reason_] += n
+        for line, reason_ in skipped.select("line", "skip").head(20).iter_rows():
+            if len(stats.examples) < 20:
+                stats.examples.append(f"{name}:{line}: {reason_}")
+    kept = typed.filter(pl.col("skip").is_null())
+    tags = pl.col("Tags").fill_null("")
+    kept = kept.with_columns(
+        pl.col("post_type").cast(pl.Int8),
+        pl.col("score").fill_null(0),
+        pl.col("Title").alias("title"),
+        pl.col("Body").fill_null("").alias("body_html"),
+        pl.when(tags.str.starts_with("<")).then(tags.str.strip_chars("<>").str.split("><"))
+        .otherwise(tags.str.strip_chars("|").str.split("|"))
+        .list.eval(pl.element().filter(pl.element() != "")).alias("tags"),
+        pl.col("last_activity_date").fill_null(pl.col("creation_date")),
+        pl.lit(drop).alias("drop"),
+    ).select(RAW_SCHEMA.names)
+    n_questions = kept.filter(pl.col("post_type") == QUESTION).height
+    stats.rows += kept.height
+    stats.questions += n_questions
+    stats.answers += kept.height - n_questions
+    return kept
 
 
 def read_posts(path: str | Path, drop: str | None = None, stats: ReadStats | None = None):
     """Read a whole dump into a polars DataFrame with the ``raw_posts`` columns."""
     import polars as pl
 
-    batches = list(iter_batches(path, drop=drop, stats=stats))
-    table = pa.Table.from_batches(batches, schema=RAW_SCHEMA)
-    return pl.from_arrow(table)
+    frames = list(iter_batches(path, drop=drop, stats=stats))
+    if not frames:
+        return pl.from_arrow(RAW_SCHEMA.empty_table())
+    return pl.concat(frames)

@@ -1,0 +1,38 @@
+# garden_assets — the commands a newcomer needs. Everything lands in GARDEN_HOME (default .garden/).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+export GARDEN_HOME  ?= $(CURDIR)/.garden
+export DAGSTER_HOME ?= $(GARDEN_HOME)/dagster
+export GARDEN_DROPS ?= $(CURDIR)/data/drops
+export HF_HUB_OFFLINE ?= 1
+
+.PHONY: setup run ui test test-fast bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -U pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+run: setup  ## register the bundled drops and materialize every asset into GARDEN_HOME
+	@mkdir -p $(DAGSTER_HOME)
+	$(BIN)/python -m garden_assets.run_local
+
+ui: setup  ## the Dagster UI (and daemon) on http://127.0.0.1:3000
+	@mkdir -p $(DAGSTER_HOME)
+	$(BIN)/dagster dev -h 127.0.0.1 -p 3000
+
+test: setup  ## the whole suite (real-data tests need GARDEN_SHARED_DATA; .ci/run sets it)
+	$(BIN)/python -m pytest -q
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow"
+
+bench: setup
+	$(BIN)/python benchmarks/ingest.py
+
+clean:
+	rm -rf $(GARDEN_HOME)

@@ -1,0 +1,75 @@
+"""``make run``: register the drops in GARDEN_DROPS and materialize every asset into GARDEN_HOME.
+
+Runs go through the persistent Dagster instance in ``$DAGSTER_HOME`` (default ``GARDEN_HOME/dagster``), so
+``make ui`` afterwards shows them. One run per drop for the partitioned ingestion assets, then one run for
+everything downstream, in dependency order.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import dagster as dg
+import polars as pl
+
+from .defs.posts import drops_partitions
+from .defs.resources import drops_folder, garden_home
+from .drops import scan_drops
+
+
+def instance() -> dg.DagsterInstance:
+    home = garden_home()
+    os.environ.setdefault("DAGSTER_HOME", str(home / "dagster"))
+    os.makedirs(os.environ["DAGSTER_HOME"], exist_ok=True)
+    return dg.DagsterInstance.get()
+
+
+def main() -> int:
+    from .definitions import defs
+
+    started = time.time()
+    inst = instance()
+    drops, problems = scan_drops(drops_folder())
+    for problem in problems:
+        print(f"skipping: {problem}", file=sys.stderr)
+    if not drops:
+        print(f"no drops in {drops_folder()}", file=sys.stderr)
+        return 1
+    keys = [d.key for d in drops]
+    inst.add_dynamic_partitions(drops_partitions.name, [k for k in keys if not inst.has_dynamic_partition(drops_partitions.name, k)])
+    job = defs.resolve_implicit_global_asset_job_def()
+    graph = defs.resolve_asset_graph()
+    partitioned = [k for k in graph.materializable_asset_keys if graph.get(k).partitions_def is not None]
+    downstream = [k for k in graph.materializable_asset_keys if graph.get(k).partitions_def is None]
+    quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+    failed = []
+    for key in keys:
+        result = job.execute_in_process(instance=inst, partition_key=key, asset_selection=partitioned, raise_on_error=False, run_config=quiet)
+        print(f"drop {key}: {'ok' if result.success else 'FAILED'} (run {result.run_id[:8]})")
+        if not result.success:
+            failed.append(key)
+    result = job.execute_in_process(instance=inst, asset_selection=downstream, raise_on_error=False, run_config=quiet)
+    print(f"{', '.join(k.to_user_string() for k in downstream)}: {'ok' if result.success else 'FAILED'} (run {result.run_id[:8]})")
+    summary(inst, keys, failed, time.time() - started)
+    return 0 if result.success and not failed else 1
+
+
+def summary(inst: dg.DagsterInstance, keys: list[str], failed: list[str], seconds: float) -> None:
+    home = garden_home()
+    storage = home / "storage"
+    posts = sum(pl.scan_parquet(storage / "raw_posts" / f"{k}.parquet").select(pl.len()).collect().item()
+                for k in keys if (storage / "raw_posts" / f"{k}.parquet").exists())
+    pairs_file = storage / "qa_pairs.parquet"
+    pairs = pl.scan_parquet(pairs_file).select(pl.len()).collect().item() if pairs_file.exists() else 0
+    print("\n== garden_assets: done in %.0f s ==" % seconds)
+    print(f"drops:   {len(keys)} ({', '.join(keys)}){'; failed: ' + ', '.join(failed) if failed else ''}")
+    print(f"posts:   {posts} read")
+    print(f"pairs:   {pairs} Q/A pairs -> {pairs_file}")
+    print(f"outputs: {storage}")
+    print(f"runs:    {os.environ['DAGSTER_HOME']} (see them with `make ui`, http://127.0.0.1:3000)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
