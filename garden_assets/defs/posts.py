@@ -107,16 +107,18 @@ class PairsConfig(dg.Config):
     description="One row per answer joined to its question, over all drops; the newest version of a post wins.",
     check_specs=[dg.AssetCheckSpec("complete_pairs", asset="qa_pairs", blocking=True, description="Every pair has a non-empty instruction and response; answer ids unique.")],
 )
-def qa_pairs(context: dg.AssetExecutionContext, config: PairsConfig, clean_posts: dict[str, pl.DataFrame]):
-    frames = [df for df in clean_posts.values() if df.height]
+def qa_pairs(context: dg.AssetExecutionContext, config: PairsConfig, clean_posts):
+    # The IO manager hands over a dict of partition → frame, or a bare frame when only one drop exists.
+    by_drop = clean_posts if isinstance(clean_posts, dict) else {context.asset_partition_keys_for_input("clean_posts")[0]: clean_posts}
+    frames = [df for df in by_drop.values() if df.height]
     if not frames:
         raise dg.Failure("no cleaned posts in any drop: materialize raw_posts/clean_posts for a drop first")
     pairs, stats = build_pairs(pl.concat(frames, how="vertical_relaxed"), site_url=config.site_url)
-    context.log.info(f"pairs from drops {sorted(clean_posts)}: {stats}")
+    context.log.info(f"pairs from drops {sorted(by_drop)}: {stats}")
     yield dg.Output(
         pairs,
         metadata={
-            **counts(**stats, drops=len(clean_posts), accepted=int(pairs["is_accepted"].sum())),
+            **counts(**stats, drops=len(by_drop), accepted=int(pairs["is_accepted"].sum())),
             "preview": preview(pairs, ["question_id", "answer_id", "instruction", "response", "is_accepted"]),
         },
     )

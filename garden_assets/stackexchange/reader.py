@@ -234,11 +234,13 @@ class _ChunkStream:
         self.buffer = b""
         self.pos = 0
         self.seen = 0
+        self.eof = False
 
     def read(self, n: int = -1) -> bytes:
         while self.pos >= len(self.buffer):
             chunk = next(self.chunks, None)
             if chunk is None:
+                self.eof = True
                 return b""
             self.buffer, self.pos = chunk, 0
         end = len(self.buffer) if n < 0 else self.pos + n
@@ -310,8 +312,7 @@ def iter_batches(
     except etree.XMLSyntaxError as e:
         if stream.seen == 0:
             raise DumpError(f"{name}: empty file") from e
-        cut = "end of document" in (e.msg or "") or "Premature end" in (e.msg or "")
-        raise _syntax_error(name, e, line0, "file cut short? " if cut else "") from e
+        raise _syntax_error(name, e, line0, "file cut short? " if stream.eof else "") from e
 
 
 def _syntax_error(name: str, e: etree.XMLSyntaxError, line0: int, hint: str = "") -> DumpError:
