@@ -7,6 +7,6 @@ from .defs.resources import resources
 
 defs = dg.Definitions(
     assets=[posts.raw_posts, posts.clean_posts, posts.qa_pairs],
-    sensors=[automation.drops_sensor],
+    sensors=[automation.drops_sensor, automation.automation_sensor],
     resources=resources(),
 )

@@ -149,3 +149,27 @@ def test_definitions_load():
     repo = defs.get_repository_def()
     assert {k.to_user_string() for k in repo.asset_graph.get_all_asset_keys()} >= {"raw_posts", "clean_posts", "qa_pairs"}
     assert repo.get_sensor_def("drops_sensor")
+
+
+def test_automation_follows_new_drops_and_ignores_failed_ones(env):
+    """Declarative automation: raw_posts[d] → clean_posts[d] → qa_pairs, even when another drop failed."""
+    instance, resources, drops, _ = env
+    defs = dg.Definitions(assets=ASSETS, resources=resources)
+    write_dump(drops / "good" / "Posts.xml", [q(1), a(2, 1)])
+    (drops / "bad").mkdir()
+    (drops / "bad" / "Posts.xml").write_text("")
+    instance.add_dynamic_partitions("drops", ["good", "bad"])
+    result = dg.evaluate_automation_conditions(defs=defs, instance=instance)  # the daemon's first tick
+    assert result.total_requested == 0  # raw_posts waits for the sensor; the rest waits for raw_posts
+    dg.materialize(ASSETS, selection=[posts.raw_posts], partition_key="good", instance=instance, resources=resources)
+    assert not dg.materialize(ASSETS, selection=[posts.raw_posts], partition_key="bad", instance=instance,
+                              resources=resources, raise_on_error=False).success
+    result = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=result.cursor)
+    assert result.get_requested_partitions(dg.AssetKey("clean_posts")) == {"good"}
+    dg.materialize(ASSETS, selection=[posts.clean_posts], partition_key="good", instance=instance, resources=resources)
+    result = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=result.cursor)
+    assert result.get_num_requested(dg.AssetKey("qa_pairs")) == 1
+    dg.materialize(ASSETS, selection=[posts.qa_pairs], instance=instance, resources=resources)
+    # Nothing new upstream: nothing requested again.
+    result = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=result.cursor)
+    assert result.total_requested == 0

@@ -49,3 +49,13 @@ def drops_sensor(context: dg.SensorEvaluationContext, paths: GardenPaths) -> dg.
         cursor=json.dumps(cursor),
         skip_reason=None if drops else f"no drops in {paths.drops_path}",
     )
+
+
+# Evaluates every asset's automation condition (eager: follow upstream changes); on by default so a new drop
+# flows downstream with nobody clicking.
+automation_sensor = dg.AutomationConditionSensorDefinition(
+    "garden_automation",
+    target=dg.AssetSelection.all(),
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=30,
+)
