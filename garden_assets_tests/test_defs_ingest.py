@@ -173,3 +173,17 @@ def test_automation_follows_new_drops_and_ignores_failed_ones(env):
     # Nothing new upstream: nothing requested again.
     result = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=result.cursor)
     assert result.total_requested == 0
+
+
+def test_duplicate_ids_within_a_drop_keep_the_newest(env):
+    instance, resources, drops, storage = env
+    write_dump(drops / "d" / "Posts.xml", [
+        q(1), a(2, 1, body="<p>first version</p>", last="2023-01-03T00:00:00.000"),
+        a(2, 1, body="<p>second version</p>", last="2023-06-01T00:00:00.000"),
+    ])
+    result = ingest(instance, resources, "d")
+    assert result.success and all(c.passed for c in result.get_asset_check_evaluations())
+    meta = result.asset_materializations_for_node("raw_posts")[0].metadata
+    assert meta["skipped: duplicate id (older row dropped)"].value == 1
+    raw = pl.read_parquet(storage / "raw_posts" / "d.parquet")
+    assert raw.filter(pl.col("id") == 2)["body_html"].to_list() == ["<p>second version</p>"]
