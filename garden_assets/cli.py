@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 
@@ -17,6 +18,46 @@ def _ingest(args: argparse.Namespace) -> int:
     return 0
 
 
+def _search(args: argparse.Namespace) -> int:
+    from .retrieval.store import open_store
+    from .settings import lance_uri
+
+    store = open_store(lance_uri(), key=args.key, model=args.model)
+    if store.open() is None:
+        raise SystemExit(f"garden: no index at {lance_uri()} for key {args.key!r}: materialize the qa_index asset first (make run)")
+    hits = store.search(args.question, k=args.k, mode=args.mode)
+    if args.json:
+        print(json.dumps([dataclasses.asdict(h) for h in hits], default=str))
+        return 0
+    for i, h in enumerate(hits, 1):
+        print(f"{i}. [{h.score:.3f}] {h.title}\n   {h.source_url}\n   {h.text[:200].replace(chr(10), ' ')}")
+    return 0
+
+
+def _eval_retrieval(args: argparse.Namespace) -> int:
+    import polars as pl
+
+    from .retrieval.embedder import Embedder
+    from .retrieval.metrics import evaluate
+    from .stackexchange.qa import build_pairs
+    from .stackexchange.reader import read_posts
+    from .stackexchange.text import clean_posts
+
+    clean, _ = clean_posts(read_posts(args.dump))  # no score/length filters: the README protocol
+    pairs, _ = build_pairs(clean)
+    keys = ["answer", "question+answer"] if args.key == "all" else [args.key]
+    modes = ["vector", "fts", "hybrid"] if args.mode == "all" else [args.mode]
+    embedder = Embedder(args.model)
+    for key in keys:
+        for mode in modes:
+            # The query is the title, so the question-side corpus is body + answer (the README's protocol).
+            r = evaluate(pairs, embedder, key="body+answer" if key == "question+answer" else key, mode=mode)
+            line = {"key": key, "mode": mode, "success_at_5": r.success_at_5, "mrr_at_10": r.mrr_at_10,
+                    "queries": r.queries, "docs": pairs.height, "docs_per_s": r.index_docs_per_s}
+            print(json.dumps(line) if args.json else "{key:<16} {mode:<7} Success@5 {success_at_5:.3f}  MRR@10 {mrr_at_10:.3f}  ({queries} queries, {docs} docs)".format(**line))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="garden", description="garden_assets: your Q&A dump → a domain assistant")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -28,6 +69,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-body-chars", type=int, default=None, help="drop posts whose text is longer (default: keep all)")
     p.add_argument("--workers", type=int, default=None, help="processes for a plain Posts.xml (default: all cores)")
     p.set_defaults(func=_ingest)
+
+    p = sub.add_parser("search", help="search the current qa_index")
+    p.add_argument("question")
+    p.add_argument("--k", type=int, default=5)
+    p.add_argument("--mode", choices=["hybrid", "vector", "fts"], default="hybrid")
+    p.add_argument("--key", choices=["answer", "question+answer"], default="question+answer")
+    p.add_argument("--model", default=None, help="the embedding model the index was built with (default: packaged MiniLM)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_search)
+
+    p = sub.add_parser("eval-retrieval", help="Success@5 / MRR@10 of a throw-away index built from a dump")
+    p.add_argument("dump")
+    p.add_argument("--key", choices=["answer", "question+answer", "all"], default="all")
+    p.add_argument("--mode", choices=["vector", "fts", "hybrid", "all"], default="all")
+    p.add_argument("--model", default=None)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_eval_retrieval)
     return parser
 
 

@@ -15,7 +15,7 @@ import dagster as dg
 import polars as pl
 
 from .defs.posts import drops_partitions
-from .defs.resources import drops_folder, garden_home
+from .settings import drops_folder, garden_home
 from .drops import scan_drops
 
 

@@ -15,6 +15,7 @@ def preview(df: pl.DataFrame, columns: list[str] | None = None, rows: int = 5) -
         fmt_str_lengths=60,
         tbl_rows=rows,
         tbl_cols=-1,
+        tbl_width_chars=65535,  # never wrap: a wrapped header is no longer a markdown table (the most u16 allows)
     ):
         return dg.MetadataValue.md(str(head))
 

