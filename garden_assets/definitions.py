@@ -5,7 +5,7 @@ import os
 import dagster as dg
 import yaml
 
-from .defs import automation, index, posts
+from .defs import automation, finetune, index, posts
 from .defs.resources import resources
 
 
@@ -20,7 +20,11 @@ def executor():
 
 
 defs = dg.Definitions(
-    assets=[posts.raw_posts, posts.clean_posts, posts.qa_pairs, index.qa_index, index.retrieval_eval],
+    assets=[
+        posts.raw_posts, posts.clean_posts, posts.qa_pairs, index.qa_index, index.retrieval_eval,
+        finetune.base_model, finetune.finetune_dataset, finetune.tuned_model,
+    ],
+    asset_checks=[finetune.overfitting],
     jobs=[index.reindex_job],
     schedules=[index.reindex_schedule],
     sensors=[automation.drops_sensor, automation.automation_sensor],

@@ -50,7 +50,11 @@ class AtomicParquetIOManager(PolarsParquetIOManager):
 
 
 def resources() -> dict:
+    from .finetune import BaseModel
+
     return {
         "paths": GardenPaths(home=str(garden_home()), drops=str(drops_folder()), lance=lance_uri()),
         "io_manager": AtomicParquetIOManager(base_dir=str(garden_home() / "storage")),
+        "model": BaseModel(),
+        "pipes_subprocess_client": dg.PipesSubprocessClient(),
     }

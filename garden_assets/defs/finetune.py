@@ -1,0 +1,198 @@
+"""The fine-tune path: base_model, finetune_dataset, tuned_model (trainer run through Dagster Pipes)."""
+
+import base64
+import io
+import json
+import os
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+
+from ..compute import ComputeSpec, load_profile
+from ..llm.dataset import DatasetOptions, prepare_finetune_dataset
+from ..llm.models import DEFAULT_BASE_MODEL, resolve_base_model
+from ..training.config import demo_config
+from ..training.launch import plan_launch
+from .resources import GardenPaths
+
+TRAINING = load_profile(asset="training", defaults=ComputeSpec(device="auto", batch_size=4))
+
+
+class BaseModel(dg.ConfigurableResource):
+    """Which causal LM to start from: ``packaged:gemma3-270m`` (offline default), a local checkpoint or a Hub id."""
+
+    spec: str = os.environ.get("GARDEN_BASE_MODEL", DEFAULT_BASE_MODEL)
+
+    def resolve(self, paths: GardenPaths):
+        return resolve_base_model(self.spec, cache_dir=paths.home_path / "models")
+
+
+@dg.asset(
+    group_name="finetune",
+    kinds={"huggingface", "pytorch"},
+    automation_condition=dg.AutomationCondition.on_missing(),
+    description="The base checkpoint directory (the packaged Gemma 3 270M GGUF is converted once).",
+)
+def base_model(paths: GardenPaths, model: BaseModel) -> dg.MaterializeResult:
+    info = model.resolve(paths)
+    meta = info.to_metadata()
+    return dg.MaterializeResult(
+        metadata={**{k: v for k, v in meta.items() if k != "path"}, "path": dg.MetadataValue.path(info.path)},
+        data_version=dg.DataVersion(f"{info.spec}:{info.parameters}:{info.dtype}"),
+    )
+
+
+class DatasetConfig(dg.Config):
+    test_size: int = 200  # capped at 20 % of the rows
+    seed: int = 42
+    answers: str = "all"  # "accepted" (only accepted answers) or "all" (with min_answer_score)
+    min_answer_score: int | None = None
+    max_length: int = 512  # tokens; longer rows are dropped and counted, never truncated
+    epochs: float = 1.0  # only for the tokens × epochs figure
+
+
+@dg.asset(
+    group_name="finetune",
+    kinds={"json"},
+    deps=[base_model],
+    automation_condition=dg.AutomationCondition.eager(),
+    description="Dolly-format train.jsonl / test.jsonl (prompt, completion, n_tokens) from qa_pairs.",
+)
+def finetune_dataset(config: DatasetConfig, paths: GardenPaths, model: BaseModel, qa_pairs: pl.DataFrame) -> dg.MaterializeResult:
+    options = DatasetOptions(test_size=config.test_size, seed=config.seed, answers=config.answers,
+                             min_answer_score=config.min_answer_score, max_length=config.max_length)
+    try:
+        files, stats = prepare_finetune_dataset(qa_pairs, model.resolve(paths).path, dataset_dir(paths), options)
+    except ValueError as e:  # no pairs / every row too long: say so, keep the previous dataset
+        raise dg.Failure(description=str(e)) from None
+    digest = _digest(files["train"], files["test"])
+    hist = stats.length_histogram
+    return dg.MaterializeResult(
+        metadata={
+            **{k: dg.MetadataValue.int(int(getattr(stats, k))) for k in (
+                "rows_in", "rows_selected", "dropped_empty", "dropped_too_long", "train_rows", "test_rows",
+                "train_tokens", "test_tokens", "longest")},
+            "tokens_x_epochs": dg.MetadataValue.int(int(stats.train_tokens * config.epochs)),
+            "path": dg.MetadataValue.path(str(dataset_dir(paths))),
+            "length_histogram": dg.MetadataValue.md(_histogram_png(hist)) if hist else "",
+        },
+        data_version=dg.DataVersion(digest),
+    )
+
+
+def dataset_dir(paths: GardenPaths) -> Path:
+    return paths.home_path / "finetune" / "dataset"
+
+
+def _digest(*files: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in files:
+        h.update(Path(f).read_bytes())
+    return h.hexdigest()[:16]
+
+
+class TuneConfig(dg.Config):
+    method: str = "lora"  # lora | full
+    max_train_tokens: int | None = 15_000  # the CPU demo budget (≈ 5 min with Gemma 270M); None: full epochs
+    epochs: float = 1.0
+    learning_rate: float | None = None
+    eval_steps: int = 10
+    save_steps: int = 10
+    max_length: int = 512
+
+
+@dg.asset(
+    group_name="finetune",
+    kinds={"pytorch", "huggingface"},
+    deps=[finetune_dataset, base_model],
+    op_tags=TRAINING.op_tags(),
+    pool=TRAINING.pool,
+    code_version="trainer-1",
+    automation_condition=dg.AutomationCondition.eager(),
+    description="LoRA (or full) fine-tune of base_model on finetune_dataset; resumes from its last checkpoint.",
+)
+def tuned_model(
+    context: dg.AssetExecutionContext, config: TuneConfig, paths: GardenPaths, model: BaseModel,
+    pipes_subprocess_client: dg.PipesSubprocessClient,
+) -> dg.MaterializeResult:
+    data = dataset_dir(paths)
+    out = paths.home_path / "finetune" / "tuned"
+    cfg = demo_config(data / "train.jsonl", model.resolve(paths).path, out, test_file=data / "test.jsonl",
+                      method=config.method, max_train_tokens=config.max_train_tokens, epochs=config.epochs,
+                      learning_rate=config.learning_rate, eval_steps=config.eval_steps, save_steps=config.save_steps,
+                      max_length=config.max_length)
+    plan = plan_launch(TRAINING, cfg)
+    context.log.info(f"launching ({plan.launcher}, {plan.num_processes} process(es)): {' '.join(plan.command)}")
+    result = pipes_subprocess_client.run(
+        command=plan.command, context=context, env={**os.environ, **plan.env}, cwd=os.getcwd()
+    ).get_materialize_result()
+    log = _read_log(out)
+    meta = dict(result.metadata or {})
+    meta["path"] = dg.MetadataValue.path(str(out))
+    meta["launcher"] = plan.launcher
+    if log:
+        meta["loss_curve"] = dg.MetadataValue.md(_loss_png(log))
+    return dg.MaterializeResult(metadata=meta)
+
+
+def _read_log(out: Path) -> list[dict]:
+    path = out / "training_log.jsonl"
+    return [json.loads(l) for l in path.read_text().splitlines() if l.strip()] if path.exists() else []
+
+
+@dg.asset_check(asset=tuned_model, description="Warns when eval loss rises for several evaluations while train loss falls.")
+def overfitting(paths: GardenPaths) -> dg.AssetCheckResult:
+    from ..training.overfitting import overfitting_signal
+
+    log = _read_log(paths.home_path / "finetune" / "tuned")
+    signal = overfitting_signal(log)
+    return dg.AssetCheckResult(
+        passed=not signal["overfitting"], severity=dg.AssetCheckSeverity.WARN,
+        metadata={k: v for k, v in signal.items() if isinstance(v, (int, float, str, bool))},
+    )
+
+
+def _png(fig) -> str:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _histogram_png(hist: dict) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    edges = hist["bin_edges"]
+    fig, ax = plt.subplots(figsize=(6, 3), dpi=100)
+    for name in ("train", "test"):
+        ax.stairs(hist[name], edges, label=name)
+    ax.set_xlabel(f"tokens per example ({hist['dropped'][0]} rows over max_length dropped)")
+    ax.set_ylabel("rows")
+    ax.legend()
+    return f"![length histogram](data:image/png;base64,{_png(fig)})"
+
+
+def _loss_png(log: list[dict]) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3), dpi=100)
+    for key in ("train_loss", "eval_loss"):
+        pts = [(r["step"], r[key]) for r in log if r.get(key) is not None]
+        if pts:
+            ax.plot(*zip(*pts), marker="o" if key == "eval_loss" else None, label=key)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.legend()
+    return f"![loss curves](data:image/png;base64,{_png(fig)})"

@@ -1,0 +1,84 @@
+"""base_model → finetune_dataset → tuned_model through Dagster, with the real trainer as a Pipes subprocess.
+
+A tiny random Gemma-architecture model keeps this fast; the packaged Gemma runs in the slow tests and `make run`.
+"""
+
+import json
+import shutil
+
+import dagster as dg
+import polars as pl
+import pytest
+
+from garden_assets.defs import finetune, posts
+from garden_assets.defs.resources import AtomicParquetIOManager, GardenPaths
+from garden_assets.llm.models import tiny_random_model
+
+from .conftest import SAMPLE_DROPS
+
+ASSETS = [posts.raw_posts, posts.clean_posts, posts.qa_pairs, finetune.base_model, finetune.finetune_dataset,
+          finetune.tuned_model]
+FAST = {"ops": {"tuned_model": {"config": {"max_train_tokens": 3000, "eval_steps": 2, "save_steps": 2}},
+                "finetune_dataset": {"config": {"max_length": 384}}}}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return tiny_random_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture
+def env(tmp_path, tiny):
+    drops = tmp_path / "drops"
+    shutil.copytree(SAMPLE_DROPS / "sample-gardening", drops / "sample-gardening")
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("drops", ["sample-gardening"])
+    resources = {
+        "paths": GardenPaths(home=str(tmp_path / "home"), drops=str(drops)),
+        "io_manager": AtomicParquetIOManager(base_dir=str(tmp_path / "home" / "storage")),
+        "model": finetune.BaseModel(spec=str(tiny)),
+        "pipes_subprocess_client": dg.PipesSubprocessClient(),
+    }
+    assert dg.materialize(ASSETS, selection=ASSETS[:2], partition_key="sample-gardening", instance=instance,
+                          resources=resources).success
+    assert dg.materialize(ASSETS, selection=ASSETS[2:3], instance=instance, resources=resources).success
+    return instance, resources, tmp_path / "home"
+
+
+def test_finetune_path_trains_through_pipes_and_does_not_retrain(env):
+    instance, resources, home = env
+    result = dg.materialize([*ASSETS, finetune.overfitting], selection=ASSETS[3:] + [finetune.overfitting],
+                            instance=instance, resources=resources, run_config=FAST)
+    assert result.success
+    data = result.asset_materializations_for_node("finetune_dataset")[0].metadata
+    assert data["train_rows"].value > 0 and data["test_rows"].value > 0
+    assert data["test_rows"].value <= 0.2 * (data["train_rows"].value + data["test_rows"].value) + 1
+    assert "data:image/png" in data["length_histogram"].value
+    train = [json.loads(l) for l in (home / "finetune/dataset/train.jsonl").read_text().splitlines()]
+    assert set(train[0]) >= {"instruction", "context", "response", "category", "prompt", "completion", "n_tokens"}
+    assert max(r["n_tokens"] for r in train) <= 384
+    tuned = result.asset_materializations_for_node("tuned_model")[0].metadata
+    assert "loss_curve" in tuned and tuned["launcher"].value == "python"
+    assert (home / "finetune/tuned/training_log.jsonl").exists()
+    log_before = (home / "finetune/tuned/training_log.jsonl").read_text()
+    mtime = (home / "finetune/tuned/metrics.json").stat().st_mtime
+    # Same data, same config: the trainer recognizes the finished run and does not train again.
+    tune_only = {"ops": {"tuned_model": FAST["ops"]["tuned_model"]}}
+    again = dg.materialize(ASSETS, selection=[finetune.tuned_model], instance=instance, resources=resources, run_config=tune_only)
+    assert again.success
+    assert (home / "finetune/tuned/training_log.jsonl").read_text() == log_before
+    assert (home / "finetune/tuned/metrics.json").stat().st_mtime == mtime
+
+
+def test_every_row_too_long_is_a_clear_failure_and_keeps_old_dataset(env):
+    instance, resources, home = env
+    assert dg.materialize(ASSETS, selection=ASSETS[3:5], instance=instance, resources=resources,
+                          run_config={"ops": {"finetune_dataset": FAST["ops"]["finetune_dataset"]}}).success
+    before = (home / "finetune/dataset/train.jsonl").read_bytes()
+    cfg = {"ops": {"finetune_dataset": {"config": {"max_length": 8}}}}
+    result = dg.materialize(ASSETS, selection=ASSETS[4:5], instance=instance, resources=resources,
+                            run_config=cfg, raise_on_error=False)
+    assert not result.success
+    failure = [e for e in result.all_events if e.is_step_failure][0]
+    assert "longer than max_length=8" in failure.step_failure_data.user_failure_data.description
+    assert (home / "finetune/dataset/train.jsonl").read_bytes() == before
