@@ -11,6 +11,7 @@ import polars as pl
 import pytest
 
 from garden_assets.defs import finetune, posts
+from garden_assets.defs.pipes import CompleteLineMessageReader
 from garden_assets.defs.resources import AtomicParquetIOManager, GardenPaths
 from garden_assets.llm.models import tiny_random_model
 
@@ -37,7 +38,7 @@ def env(tmp_path, tiny):
         "paths": GardenPaths(home=str(tmp_path / "home"), drops=str(drops)),
         "io_manager": AtomicParquetIOManager(base_dir=str(tmp_path / "home" / "storage")),
         "model": finetune.BaseModel(spec=str(tiny)),
-        "pipes_subprocess_client": dg.PipesSubprocessClient(),
+        "pipes_subprocess_client": dg.PipesSubprocessClient(message_reader=CompleteLineMessageReader()),
     }
     assert dg.materialize(ASSETS, selection=ASSETS[:2], partition_key="sample-gardening", instance=instance,
                           resources=resources).success
@@ -82,3 +83,37 @@ def test_every_row_too_long_is_a_clear_failure_and_keeps_old_dataset(env):
     failure = [e for e in result.all_events if e.is_step_failure][0]
     assert "longer than max_length=8" in failure.step_failure_data.user_failure_data.description
     assert (home / "finetune/dataset/train.jsonl").read_bytes() == before
+
+
+def test_message_reader_waits_for_whole_lines(tmp_path):
+    """A message written in two pieces (the reader catching the writer mid-line) arrives once, whole."""
+    import threading
+
+    from garden_assets.defs.pipes import CompleteLineMessageReader
+
+    got = []
+
+    class Handler:
+        def handle_message(self, message):
+            got.append(message)
+
+        def report_pipes_framework_exception(self, *args):
+            got.append(("error", args))
+
+    reader = CompleteLineMessageReader()
+    reader._path = str(tmp_path / "messages")
+    done = threading.Event()
+    with open(reader._path, "w") as f:
+        f.write('{"method": "log", "params": {"mess')
+        f.flush()
+        thread = threading.Thread(target=reader._reader_thread, args=(Handler(), done))
+        thread.start()
+        import time
+
+        time.sleep(0.1)  # the reader has now seen half a line
+        f.write('age": "hi"}}\n')
+        f.flush()
+    time.sleep(0.1)
+    done.set()
+    thread.join(5)
+    assert got == [{"method": "log", "params": {"message": "hi"}}]

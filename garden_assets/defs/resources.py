@@ -51,10 +51,11 @@ class AtomicParquetIOManager(PolarsParquetIOManager):
 
 def resources() -> dict:
     from .finetune import BaseModel
+    from .pipes import CompleteLineMessageReader
 
     return {
         "paths": GardenPaths(home=str(garden_home()), drops=str(drops_folder()), lance=lance_uri()),
         "io_manager": AtomicParquetIOManager(base_dir=str(garden_home() / "storage")),
         "model": BaseModel(),
-        "pipes_subprocess_client": dg.PipesSubprocessClient(),
+        "pipes_subprocess_client": dg.PipesSubprocessClient(message_reader=CompleteLineMessageReader()),
     }
