@@ -54,10 +54,11 @@ def main() -> None:
         f"Embedder fp32 (token-sorted, batch {ours_fp32.batch_size})": ours_fp32.embed,
         f"Embedder auto → {ours.precision} (batch {ours.batch_size})": ours.embed,
     }
+    names = list(contenders)
     query_fn = {
-        "plain encode (fp32, batch 32)": lambda x: plain.encode(x, normalize_embeddings=True),
-        f"Embedder fp32 (token-sorted, batch {ours_fp32.batch_size})": lambda x: np.stack([ours_fp32.embed_query(q) for q in x]),
-        f"Embedder auto → {ours.precision} (batch {ours.batch_size})": lambda x: np.stack([ours.embed_query(q) for q in x]),
+        names[0]: lambda x: plain.encode(x, normalize_embeddings=True),
+        names[1]: lambda x: np.stack([ours_fp32.embed_query(q) for q in x]),
+        names[2]: lambda x: np.stack([ours.embed_query(q) for q in x]),
     }
     for fn in contenders.values():
         fn(texts[:32])  # warm up

@@ -77,8 +77,9 @@ def main() -> None:
                         s5, mrr, ms = r.success_at_5, r.mrr_at_10, r.query_ms_p50
                     results[(dump.name, key, long_text, mode)] = s5
                     default = " **default**" if (mode == "hybrid" and long_text == LONG_TEXT_BY_KEY[key]) else ""
+                    ms_text = "–" if ms != ms else f"{ms:.1f}"  # NaN for rrf (two searches per query)
                     print(f"| {dump.name} | {key} | {long_text} | {mode}{default} | {s5:.3f} | {mrr:.3f} | {dps:.0f} |"
-                          f" {ms:.1f} |", flush=True)
+                          f" {ms_text} |", flush=True)
     print()
     for name, ref in README.items():
         got = results.get((name, "answer", LONG_TEXT_BY_KEY["answer"], "hybrid"))

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -89,7 +88,7 @@ def main() -> None:
     kw = {} if args.ann_min_rows is None else {"ann_min_rows": args.ann_min_rows}
     store = QAStore(args.dir, emb, key="answer", **kw)
     t = time.perf_counter()
-    stats = store.upsert(pairs)
+    store.upsert(pairs)
     built = time.perf_counter() - t
     idx = [ix.index_type for ix in store.open().list_indices()]
     print(f"rows {args.rows}: built in {built:.1f} s (indexes: {', '.join(idx)})")
@@ -130,7 +129,8 @@ def main() -> None:
         s = time.perf_counter()
         model.embed_query(q)
         lat.append((time.perf_counter() - s) * 1e3)
-    print(f"query embedding ({model.model_name}, {model.precision}): p50 {pct(lat, 50):.1f} ms, p95 {pct(lat, 95):.1f} ms"
+    print(f"query embedding ({model.model_name}, {model.precision}): p50 {pct(lat, 50):.1f} ms, "
+          f"p95 {pct(lat, 95):.1f} ms"
           f" → end-to-end hybrid p50 ≈ {pct(res['hybrid'], 50) + pct(lat, 50):.1f} ms")
 
 

@@ -107,7 +107,8 @@ def test_ann_index_only_past_threshold_and_optimize(tmp_path):
     small.upsert(sample_pairs())
     kinds = {tuple(ix.columns): ix.index_type for ix in small.open().list_indices()}
     assert "vector" not in {c for cols in kinds for c in cols} and kinds[("key_text",)] == "FTS"
-    more = pl.concat([sample_pairs(), sample_pairs([(9, 90 + i, "Extra", "", f"extra answer {i}") for i in range(300)])])
+    extra = [(9, 90 + i, "Extra", "", f"extra answer {i}") for i in range(300)]
+    more = pl.concat([sample_pairs(), sample_pairs(extra)])
     small.upsert(more)  # now past 9 rows: ANN index built
     assert any(ix.columns == ["vector"] for ix in small.open().list_indices())
     assert small.search("extra answer 7", k=1, mode="fts")[0].answer_id == 97

@@ -101,7 +101,8 @@ def build_key_text(pairs: pl.DataFrame, key: str) -> pl.Series:
     if key == "answer":
         expr = pl.col("response").fill_null("")
     elif key == "question+answer":
-        expr = pl.concat_str([pl.col(c).fill_null("") for c in ("instruction", "context", "response")], separator="\n\n")
+        parts = ("instruction", "context", "response")
+        expr = pl.concat_str([pl.col(c).fill_null("") for c in parts], separator="\n\n")
     elif key == "body+answer":
         expr = pl.concat_str([pl.col(c).fill_null("") for c in ("context", "response")], separator="\n\n")
     else:

@@ -86,6 +86,7 @@ def _run(pairs, store, key, mode, docs_per_s) -> EvalResult:
         hits = store.search(q, k=10, mode=mode) if q.strip() else []
         ms.append((time.perf_counter() - start) * 1e3)
         ranked.append([h.answer_id for h in hits])
-    return EvalResult(key=key, mode=mode, queries=len(queries), success_at_5=round(success_at_k(ranked, relevant, 5), 4),
+    return EvalResult(key=key, mode=mode, queries=len(queries),
+                      success_at_5=round(success_at_k(ranked, relevant, 5), 4),
                       mrr_at_10=round(mrr_at_k(ranked, relevant, 10), 4), index_docs_per_s=docs_per_s,
                       query_ms_p50=round(sorted(ms)[len(ms) // 2], 2))

@@ -61,7 +61,8 @@ def fuse(vector: pa.Table, fts: pa.Table, weight: float = VECTOR_WEIGHT) -> pa.T
     for i, s in zip(f_ids.tolist(), f_score.tolist()):
         total[i] = total.get(i, 0.0) + s
     only_fts = ~np.isin(f_ids, v_ids)
-    rows = pa.concat_tables([vector.drop_columns(["_distance"]), fts.filter(pa.array(only_fts)).drop_columns(["_score"])])
+    rows = pa.concat_tables([vector.drop_columns(["_distance"]),
+                             fts.filter(pa.array(only_fts)).drop_columns(["_score"])])
     scores = np.array([total[i] for i in rows["answer_id"].to_pylist()])
     order = np.argsort(-scores, kind="stable")
     return rows.take(pa.array(order)).append_column("_relevance_score", pa.array(scores[order], pa.float32()))
