@@ -6,8 +6,15 @@
 
 The dolly recipe = the databricks dolly-v2 trainer's choices: random-order batches padded to the longest row
 (multiple of 8), loss from full logits over every position (``--batching padded --loss full``). Ours = length-
-grouped batches + logits only at completion positions (the defaults). Both train LoRA r=8 on q/v, fp32, on the
-same rows for one epoch, and are scored on the same held-out rows with the same evaluator.
+grouped batches + logits only at completion positions (the defaults). Same model (LoRA r=8 on q/v, fp32), same
+rows.
+
+Three measurements:
+1. interleaved speed (the headline ratio): both recipes in one process on one model, alternating step by step,
+   so background load on a shared machine hits both alike; reports total and median-of-pairs ratios;
+2. two end-to-end trainer runs (subprocesses, one epoch each, sequential): tokens/s as the trainer logs it and
+   the final eval loss on the same held-out rows with the same evaluator (must agree within 5%);
+3. the default CPU demo (`training.config.demo_config`: ≈ 15k tokens) on all train rows: wall time.
 
 Data: a Stack Exchange ``Posts.xml`` (default: the shared coffee dump) turned into qa_pairs by a small stdlib
 parser kept here so the benchmark does not depend on the ingestion code, or ``--pairs some.parquet``.
