@@ -23,6 +23,7 @@ run: setup  ## register the bundled drops and materialize every asset into GARDE
 
 ui: setup  ## the Dagster UI (and daemon) on http://127.0.0.1:3000
 	@mkdir -p $(DAGSTER_HOME)
+	@test -f $(DAGSTER_HOME)/dagster.yaml || cp deploy/dagster.local.yaml $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/dagster dev -h 127.0.0.1 -p 3000
 
 test: setup  ## the whole suite (real-data tests need GARDEN_SHARED_DATA; .ci/run sets it)

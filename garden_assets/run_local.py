@@ -8,8 +8,10 @@ everything downstream, in dependency order.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import time
+from pathlib import Path
 
 import dagster as dg
 import polars as pl
@@ -20,9 +22,14 @@ from .drops import scan_drops
 
 
 def instance() -> dg.DagsterInstance:
+    """The persistent instance in $DAGSTER_HOME; a fresh one gets deploy/dagster.local.yaml (run queue, pools)."""
     home = garden_home()
     os.environ.setdefault("DAGSTER_HOME", str(home / "dagster"))
-    os.makedirs(os.environ["DAGSTER_HOME"], exist_ok=True)
+    dagster_home = Path(os.environ["DAGSTER_HOME"])
+    dagster_home.mkdir(parents=True, exist_ok=True)
+    config = dagster_home / "dagster.yaml"
+    if not config.exists():
+        shutil.copy(Path(__file__).resolve().parents[1] / "deploy" / "dagster.local.yaml", config)
     return dg.DagsterInstance.get()
 
 

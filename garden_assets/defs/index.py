@@ -34,7 +34,10 @@ def store_for(paths: GardenPaths, config: IndexConfig, spec: ComputeSpec = EMBED
     group_name="retrieval",
     kinds={"lancedb", "pytorch"},
     op_tags=EMBEDDING.op_tags(),
-    pool=EMBEDDING.pool or "lancedb_writer",  # one writer per table at a time
+    pool=EMBEDDING.pool or "lancedb_writer",  # one writer per table at a time (pool limit 1, deploy/*.yaml)
+    # Without the pool limit two writers can race; LanceDB then rejects the later commit (never duplicate
+    # rows) and the retry finds those rows unchanged.
+    retry_policy=dg.RetryPolicy(max_retries=2, delay=5),
     automation_condition=dg.AutomationCondition.eager(),
     description="qa_pairs embedded into LanceDB (vector + full-text); re-runs embed only new or changed rows.",
 )

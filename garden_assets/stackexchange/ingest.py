@@ -55,7 +55,17 @@ def iter_clean(
     # imports this module once and forks clean workers from it.
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload([__name__])
-    with ctx.Pool(min(workers, len(ranges))) as pool:
+    # One polars thread per worker: the workers already fill the cores; more threads only contend.
+    saved = os.environ.get("POLARS_MAX_THREADS")
+    os.environ["POLARS_MAX_THREADS"] = "1"
+    try:
+        pool = ctx.Pool(min(workers, len(ranges)))
+    finally:
+        if saved is None:
+            os.environ.pop("POLARS_MAX_THREADS")
+        else:
+            os.environ["POLARS_MAX_THREADS"] = saved
+    with pool:
         for tables, got in pool.imap(_work, jobs):  # imap keeps file order; at most a few ranges in flight
             stats.merge(got)
             yield from tables
