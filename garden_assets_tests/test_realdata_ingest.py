@@ -52,3 +52,25 @@ def test_real_dump_through_dagster(shared_data, tmp_path, site):
     pairs = pl.read_parquet(tmp_path / "home" / "storage" / "qa_pairs.parquet")
     assert pairs.height == EXPECTED[site][1]  # every answer of these dumps has its question
     assert pairs["response"].str.contains("<p>", literal=True).sum() == 0
+
+
+README_BASELINES = {"coffee": (0.741, 0.896), "datascience-meta": (0.452, 0.711)}  # BM25, MiniLM dense (answer key)
+
+
+@pytest.mark.parametrize("site", sorted(README_BASELINES))
+def test_eval_retrieval_default_beats_bm25_and_dense(shared_data, site):
+    proc = subprocess.run(
+        [sys.executable, "-m", "garden_assets.cli", "eval-retrieval", str(shared_data / site / "Posts.xml"),
+         "--key", "answer", "--mode", "hybrid", "--json"],
+        capture_output=True, text=True, check=True,
+    )
+    line = json.loads([l for l in proc.stdout.splitlines() if l.startswith("{")][-1])
+    assert line["key"] == "answer" and line["mode"] == "hybrid" and line["docs"] == EXPECTED[site][1]
+    assert line["success_at_5"] > max(README_BASELINES[site])
+
+
+def test_search_without_index_names_the_asset(tmp_path):
+    env = {**__import__("os").environ, "GARDEN_HOME": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-m", "garden_assets.cli", "search", "blueberry soil"],
+                          capture_output=True, text=True, env=env)
+    assert proc.returncode != 0 and "materialize the qa_index asset" in proc.stderr
