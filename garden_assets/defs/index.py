@@ -65,7 +65,9 @@ def qa_index(context: dg.AssetExecutionContext, config: IndexConfig, paths: Gard
             "table_version": dg.MetadataValue.int(int(store.open().version)),
             "uri": paths.lance_uri,
             "indexes_created": ", ".join(created) or "none",
-            **{f"index {k}": v for k, v in meta.items() if k in ("model", "dimension", "key")},
+            "model": meta.get("embedding_model", ""),
+            "dimension": dg.MetadataValue.int(int(meta.get("embedding_dim", 0))),
+            "key": meta.get("key", config.key),
         }
     )
 
