@@ -20,9 +20,9 @@ def _ingest(args: argparse.Namespace) -> int:
 
 def _search(args: argparse.Namespace) -> int:
     from .retrieval.store import open_store
-    from .settings import lance_uri
+    from .settings import lance_storage_options, lance_uri
 
-    store = open_store(lance_uri(), key=args.key, model=args.model)
+    store = open_store(lance_uri(), key=args.key, model=args.model, storage_options=lance_storage_options())
     if store.open() is None:
         raise SystemExit(f"garden: no index at {lance_uri()} for key {args.key!r}: materialize the qa_index asset first (make run)")
     hits = store.search(args.question, k=args.k, mode=args.mode)

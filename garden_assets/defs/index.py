@@ -10,6 +10,7 @@ import polars as pl
 from ..compute import ComputeSpec, load_profile
 from ..retrieval.metrics import evaluate
 from ..retrieval.store import DEFAULT_KEY, open_store
+from ..settings import lance_storage_options
 from .metadata import counts
 from .resources import GardenPaths
 
@@ -26,7 +27,7 @@ class IndexConfig(dg.Config):
 def store_for(paths: GardenPaths, config: IndexConfig, spec: ComputeSpec = EMBEDDING):
     return open_store(
         paths.lance_uri, key=config.key, model=config.model or None, device=spec.device,
-        precision=spec.precision, batch_size=spec.batch_size or 32,
+        precision=spec.precision, batch_size=spec.batch_size or 32, storage_options=lance_storage_options(),
     )
 
 
