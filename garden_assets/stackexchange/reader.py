@@ -288,25 +288,19 @@ def iter_batches(
     else:
         chunks = _7z_chunks(file, member) if member else _file_chunks(file)
     stream = _ChunkStream(chunks)
-    cols: list[list] = [[] for _ in ATTRS]
+    batch: list[tuple] = []  # one tuple of raw attribute strings (+ line) per row; columns are made per batch
     lines: list[int] = []
-    getters = [(col.append, key) for col, key in zip(cols, ATTRS)]
     rows = etree.iterparse(stream, events=("end",), tag="row", huge_tree=True, remove_comments=True)
     try:
         for _, el in rows:
-            get = el.attrib.get
-            for append, key in getters:
-                append(get(key))
+            batch.append(tuple(map(el.attrib.get, ATTRS)))  # C-level map: ~3x faster than 11 appends
             lines.append(el.sourceline)
-            el.clear(keep_tail=False)
-            while el.getprevious() is not None:  # drop already-read siblings so memory stays flat
-                del el.getparent()[0]
             if len(lines) >= batch_rows:
-                yield _typed_batch(cols, lines, stats, name, drop, line0)
-                cols, lines = [[] for _ in ATTRS], []
-                getters = [(col.append, key) for col, key in zip(cols, ATTRS)]
+                el.getparent().clear()  # every row so far is read: drop them all at once (memory stays flat)
+                yield _typed_batch([list(c) for c in zip(*batch)], lines, stats, name, drop, line0)
+                batch, lines = [], []
         if lines:
-            yield _typed_batch(cols, lines, stats, name, drop, line0)
+            yield _typed_batch([list(c) for c in zip(*batch)], lines, stats, name, drop, line0)
         if rows.root is None or rows.root.tag != "posts":
             raise DumpError(f"{name}: root element is <{getattr(rows.root, 'tag', None)}>, expected <posts>")
     except etree.XMLSyntaxError as e:
