@@ -16,64 +16,34 @@ Three measurements:
    the final eval loss on the same held-out rows with the same evaluator (must agree within 5%);
 3. the default CPU demo (`training.config.demo_config`: ≈ 15k tokens) on all train rows: wall time.
 
-Data: a Stack Exchange ``Posts.xml`` (default: the shared coffee dump) turned into qa_pairs by a small stdlib
-parser kept here so the benchmark does not depend on the ingestion code, or ``--pairs some.parquet``.
+Data: a Stack Exchange ``Posts.xml`` (default: the shared coffee dump) turned into qa_pairs by the project's
+ingestion library, or ``--pairs some.parquet``.
 """
 
 from __future__ import annotations
 
 import argparse
-import html
 import json
 import os
-import re
 import subprocess
 import sys
 import time
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-DEFAULT_POSTS = Path("/work/shared/data/stackexchange/coffee/Posts.xml")
+DEFAULT_POSTS = Path(os.environ.get("GARDEN_SHARED_DATA", ROOT.parent / "shared/data/stackexchange")) / "coffee/Posts.xml"
 
 
 # -- data ------------------------------------------------------------------------------------------------------------
-def _text(body: str) -> str:
-    body = re.sub(r"<(br|/p|/li|/pre|/h\d)\s*/?>", "\n", body or "")
-    return re.sub(r"\n{3,}", "\n\n", html.unescape(re.sub(r"<[^>]+>", "", body))).strip()
-
-
 def pairs_from_posts(path: Path, max_body_chars: int = 1000):
-    """qa_pairs (the contract's columns) from a Posts.xml: every answer whose question is present."""
-    import polars as pl
+    """qa_pairs from a Posts.xml through the project's own ingestion path (no score filter, the talk's length cap)."""
+    from garden_assets.stackexchange.qa import build_pairs
+    from garden_assets.stackexchange.reader import read_posts
+    from garden_assets.stackexchange.text import clean_posts
 
-    questions, answers = {}, []
-    for _, el in ET.iterparse(path):
-        if el.tag != "row":
-            continue
-        a = el.attrib
-        kind = a.get("PostTypeId")
-        if kind == "1":
-            questions[int(a["Id"])] = a
-        elif kind == "2":
-            answers.append(a)
-        el.clear()
-    rows = []
-    for a in answers:
-        q = questions.get(int(a["ParentId"]))
-        if q is None:
-            continue
-        context, response = _text(q.get("Body", "")), _text(a.get("Body", ""))
-        if len(context) > max_body_chars or len(response) > max_body_chars:
-            continue
-        rows.append({
-            "question_id": int(q["Id"]), "answer_id": int(a["Id"]), "instruction": html.unescape(q.get("Title", "")),
-            "context": context, "response": response, "category": "closed_qa",
-            "is_accepted": q.get("AcceptedAnswerId") == a["Id"], "question_score": int(q.get("Score", 0)),
-            "answer_score": int(a.get("Score", 0)), "tags": [], "source_url": f"/a/{a['Id']}", "content_hash": "",
-        })
-    return pl.DataFrame(rows)
+    clean, _ = clean_posts(read_posts(path), max_body_chars=max_body_chars)
+    return build_pairs(clean)[0]
 
 
 def prepare_data(tokenizer, args, work: Path) -> dict:
