@@ -16,7 +16,6 @@ def build(src: Path, dst: Path, target_mb: float) -> Path:
         f.write(b'\xef\xbb\xbf<?xml version="1.0" encoding="utf-8"?>\n<posts>\n')
         copy = 0
         while f.tell() < target_mb * 1e6:
-            off = str(copy * top).encode()
             for line in rows:
                 f.write(_ID.sub(lambda m: m.group(1) + b'="' + str(int(m.group(2)) + copy * top).encode() + b'"', line) + b"\n")
             copy += 1

@@ -35,8 +35,6 @@ def _search(args: argparse.Namespace) -> int:
 
 
 def _eval_retrieval(args: argparse.Namespace) -> int:
-    import polars as pl
-
     from .retrieval.embedder import Embedder
     from .retrieval.metrics import evaluate
     from .retrieval.store import LONG_TEXT_BY_KEY

@@ -7,7 +7,6 @@ import json
 import shutil
 
 import dagster as dg
-import polars as pl
 import pytest
 
 from garden_assets.defs import finetune, posts

@@ -1,7 +1,6 @@
 """The ingestion assets, checks and drops sensor on a real (temporary) Dagster instance."""
 
 import shutil
-from pathlib import Path
 
 import dagster as dg
 import polars as pl

@@ -2,7 +2,6 @@
 
 import multiprocessing as mp
 
-import pytest
 
 from garden_assets.retrieval.store import QAStore
 from garden_assets.retrieval.testing import HashEmbedder, sample_pairs

@@ -3,7 +3,7 @@ import pytest
 
 from garden_assets.stackexchange.ingest import ingest, iter_clean
 from garden_assets.stackexchange.reader import (
-    DumpError, ReadStats, find_posts, iter_batches, parse_tags, plan_ranges, read_posts,
+    DumpError, ReadStats, find_posts, iter_batches, plan_ranges, read_posts,
 )
 
 from .conftest import a, q, write_dump, xml_row
@@ -28,12 +28,6 @@ def test_reads_both_tag_formats_and_counts_skips(tmp_path):
     assert (stats.questions, stats.answers) == (2, 1)
     assert stats.skipped == {"PostTypeId 4": 1, "PostTypeId 5": 1, "fake post": 2}
     assert df.filter(df["id"] == 1)["accepted_answer_id"].item() == 2
-
-
-def test_parse_tags():
-    assert parse_tags("<a><b-c>") == ["a", "b-c"]
-    assert parse_tags("|a|b-c|") == ["a", "b-c"]
-    assert parse_tags(None) == [] and parse_tags("") == []
 
 
 def test_7z_is_streamed_and_matches_plain(tmp_path):

@@ -1,5 +1,3 @@
-import datetime as dt
-
 import polars as pl
 
 from garden_assets.stackexchange.qa import QA_COLUMNS, build_pairs

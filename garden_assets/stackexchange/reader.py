@@ -1,14 +1,14 @@
 """Streaming reader for Stack Exchange ``Posts.xml`` (plain, in a folder, or inside a site ``.7z``).
 
-The XML is fed in 1 MiB chunks to lxml's ``XMLPullParser`` and every ``<row>`` is cleared once read, so memory
-stays flat in the file size. A ``.7z`` is decompressed by py7zr in a background thread into a bounded queue
-(py7zr pushes chunks to a writer; the parser pulls), so the archive is never held in memory either.
+lxml's ``iterparse`` pulls the XML in 1 MiB chunks; each ``<row>``'s attributes are kept as raw strings and the
+rows already read are freed every batch, so memory stays flat in the file size. Typing (ints, dates, tags) and the
+skip rules run vectorized in polars per batch. A ``.7z`` is decompressed by py7zr in a background thread into a
+bounded queue (py7zr pushes chunks to a writer; the parser pulls), so the archive is never held in memory either.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import queue
 import re
 import threading
@@ -16,6 +16,7 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+import polars as pl
 import pyarrow as pa
 from lxml import etree
 
@@ -250,15 +251,6 @@ class _ChunkStream:
         return out
 
 
-def parse_tags(value: str | None) -> list[str]:
-    """Both tag formats: old ``<a><b>`` and 2024 ``|a|b|``."""
-    if not value:
-        return []
-    if value.startswith("<"):
-        return [t for t in value.strip("<>").split("><") if t]
-    return [t for t in value.split("|") if t]
-
-
 def drop_name(path: str | Path) -> str:
     """The drop a dump belongs to: its folder's name for a ``Posts.xml``, else the file or folder name."""
     path = Path(path)
@@ -271,7 +263,7 @@ def iter_batches(
     stats: ReadStats | None = None,
     batch_rows: int = BATCH_ROWS,
     byte_range: ByteRange | None = None,
-) -> Iterator["pl.DataFrame"]:
+) -> Iterator[pl.DataFrame]:
     """Yield ``raw_posts`` frames of at most ``batch_rows`` rows from a dump (or one ``plan_ranges`` range of it).
 
     Skipped rows are counted in ``stats``. Raises ``DumpError`` naming the file and line for anything that
@@ -326,8 +318,6 @@ _DATES = {"CreationDate": "creation_date", "LastActivityDate": "last_activity_da
 
 def _typed_batch(cols: list[list], lines: list[int], stats: ReadStats, name: str, drop: str, line0: int):
     """Raw attribute strings → typed ``raw_posts`` rows, vectorized in polars; bad rows counted with their line."""
-    import polars as pl
-
     raw = pl.DataFrame({k: pl.Series(k, v, dtype=pl.String) for k, v in zip(ATTRS, cols)}).with_columns(
         pl.Series("line", lines, dtype=pl.Int64) + line0
     )
@@ -374,8 +364,6 @@ def _typed_batch(cols: list[list], lines: list[int], stats: ReadStats, name: str
 
 def read_posts(path: str | Path, drop: str | None = None, stats: ReadStats | None = None):
     """Read a whole dump into a polars DataFrame with the ``raw_posts`` columns."""
-    import polars as pl
-
     frames = list(iter_batches(path, drop=drop, stats=stats))
     if not frames:
         return pl.from_arrow(RAW_SCHEMA.empty_table())
