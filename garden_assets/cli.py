@@ -36,8 +36,7 @@ def _search(args: argparse.Namespace) -> int:
 
 def _eval_retrieval(args: argparse.Namespace) -> int:
     from .retrieval.embedder import Embedder
-    from .retrieval.metrics import evaluate
-    from .retrieval.store import LONG_TEXT_BY_KEY
+    from .retrieval.metrics import evaluate_grid
     from .stackexchange.qa import build_pairs
     from .stackexchange.reader import read_posts
     from .stackexchange.text import clean_posts
@@ -46,15 +45,10 @@ def _eval_retrieval(args: argparse.Namespace) -> int:
     pairs, _ = build_pairs(clean)
     keys = ["answer", "question+answer"] if args.key == "all" else [args.key]
     modes = ["vector", "fts", "hybrid"] if args.mode == "all" else [args.mode]
-    for key in keys:
-        # The query is the title, so the question-side corpus is body + answer (the README's protocol).
-        corpus_key = "body+answer" if key == "question+answer" else key
-        embedder = Embedder(args.model, long_text=LONG_TEXT_BY_KEY[corpus_key])  # the default store's settings
-        for mode in modes:
-            r = evaluate(pairs, embedder, key=corpus_key, mode=mode)
-            line = {"key": key, "mode": mode, "success_at_5": r.success_at_5, "mrr_at_10": r.mrr_at_10,
-                    "queries": r.queries, "docs": pairs.height, "docs_per_s": r.index_docs_per_s}
-            print(json.dumps(line) if args.json else "{key:<16} {mode:<7} Success@5 {success_at_5:.3f}  MRR@10 {mrr_at_10:.3f}  ({queries} queries, {docs} docs)".format(**line))
+    for r in evaluate_grid(pairs, Embedder(args.model), keys, modes):
+        line = {"key": r.key, "mode": r.mode, "success_at_5": r.success_at_5, "mrr_at_10": r.mrr_at_10,
+                "queries": r.queries, "docs": pairs.height, "docs_per_s": r.index_docs_per_s}
+        print(json.dumps(line) if args.json else "{key:<16} {mode:<7} Success@5 {success_at_5:.3f}  MRR@10 {mrr_at_10:.3f}  ({queries} queries, {docs} docs)".format(**line))
     return 0
 
 

@@ -8,7 +8,7 @@ import dagster as dg
 import polars as pl
 
 from ..compute import ComputeSpec, load_profile
-from ..retrieval.metrics import evaluate
+from ..retrieval.metrics import evaluate_grid
 from ..retrieval.store import DEFAULT_KEY, open_store
 from ..settings import lance_storage_options
 from .metadata import counts
@@ -74,7 +74,7 @@ def qa_index(context: dg.AssetExecutionContext, config: IndexConfig, paths: Gard
 
 
 class RetrievalEvalConfig(dg.Config):
-    keys: list[str] = ["answer", "body+answer"]
+    keys: list[str] = ["answer", "question+answer"]  # question+answer is measured as body+answer (query = title)
     modes: list[str] = ["fts", "vector", "hybrid"]
     model: str = ""
 
@@ -92,7 +92,7 @@ def retrieval_eval(config: RetrievalEvalConfig, qa_pairs: pl.DataFrame) -> dg.Ma
 
     embedder = Embedder(config.model or None, device=EMBEDDING.device, precision=EMBEDDING.precision,
                         batch_size=EMBEDDING.batch_size or 32)
-    rows = [evaluate(qa_pairs, embedder, key=key, mode=mode).to_dict() for key in config.keys for mode in config.modes]
+    rows = [r.to_dict() for r in evaluate_grid(qa_pairs, embedder, config.keys, config.modes)]
     table = pl.DataFrame(rows).select("key", "mode", "success_at_5", "mrr_at_10", "queries", "query_ms_p50")
     with pl.Config(tbl_formatting="MARKDOWN", tbl_hide_column_data_types=True, tbl_hide_dataframe_shape=True):
         md = str(table)

@@ -87,12 +87,7 @@ def clean_posts(config: CleanConfig, raw_posts: pl.DataFrame):
         },
     )
     tagged = df.filter(pl.col("text").map_elements(has_html, return_dtype=pl.Boolean))
-    dupes = df.height - df["id"].n_unique()
-    yield dg.AssetCheckResult(
-        check_name="plain_text",
-        passed=tagged.height == 0 and dupes == 0,
-        metadata={"rows_with_html": tagged.height, "duplicate_ids": dupes, "example_ids": str(tagged["id"].head(5).to_list())},
-    )
+    yield unique_ids_check(df, "id", check_name="plain_text", rows_with_html=tagged.height)
 
 
 class PairsConfig(dg.Config):
@@ -123,13 +118,14 @@ def qa_pairs(context: dg.AssetExecutionContext, config: PairsConfig, clean_posts
         },
     )
     empty = pairs.filter((pl.col("instruction").str.strip_chars() == "") | (pl.col("response").str.strip_chars() == ""))
-    yield unique_ids_check(pairs, "answer_id", check_name="complete_pairs", extra_failures=empty.height)
+    yield unique_ids_check(pairs, "answer_id", check_name="complete_pairs", empty_rows=empty.height)
 
 
-def unique_ids_check(df: pl.DataFrame, column: str, check_name: str = "unique_ids", extra_failures: int = 0):
+def unique_ids_check(df: pl.DataFrame, column: str, check_name: str = "unique_ids", **failures: int):
+    """Passes when ``column`` is unique and every other named failure count is zero."""
     dupes = df.height - df[column].n_unique()
     return dg.AssetCheckResult(
         check_name=check_name,
-        passed=dupes == 0 and extra_failures == 0,
-        metadata={f"duplicate_{column}s": dupes, "empty_rows": extra_failures, "rows": df.height},
+        passed=dupes == 0 and not any(failures.values()),
+        metadata={f"duplicate_{column}s": dupes, **failures, "rows": df.height},
     )

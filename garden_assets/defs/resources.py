@@ -14,9 +14,9 @@ from ..settings import drops_folder, garden_home, lance_uri
 class GardenPaths(dg.ConfigurableResource):
     """The drops folder the sensor watches, the home that holds every output, and the index URI."""
 
-    home: str = str(garden_home())
-    drops: str = str(drops_folder())
-    lance: str = ""  # empty: GARDEN_HOME/lancedb
+    home: str
+    drops: str
+    lance: str = ""  # empty: <home>/lancedb
 
     @property
     def lance_uri(self) -> str:

@@ -90,3 +90,21 @@ def _run(pairs, store, key, mode, docs_per_s) -> EvalResult:
                       success_at_5=round(success_at_k(ranked, relevant, 5), 4),
                       mrr_at_10=round(mrr_at_k(ranked, relevant, 10), 4), index_docs_per_s=docs_per_s,
                       query_ms_p50=round(sorted(ms)[len(ms) // 2], 2))
+
+
+def evaluate_grid(pairs: pl.DataFrame, embedder, keys: Sequence[str], modes: Sequence[str]) -> list[EvalResult]:
+    """``evaluate`` for every key × mode with the default store's long-text setting per key (one model load).
+
+    ``question+answer`` is measured as ``body+answer``: the query is the title (the README protocol).
+    """
+    from .store import LONG_TEXT_BY_KEY
+
+    results = []
+    for key in keys:
+        corpus_key = "body+answer" if key == "question+answer" else key
+        embedder.long_text = LONG_TEXT_BY_KEY[corpus_key]
+        for mode in modes:
+            result = evaluate(pairs, embedder, key=corpus_key, mode=mode)
+            result.key = key
+            results.append(result)
+    return results
