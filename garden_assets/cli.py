@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 
 from .stackexchange.reader import DumpError
@@ -52,6 +53,59 @@ def _eval_retrieval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ask(args: argparse.Namespace) -> int:
+    from .compute import ComputeSpec, load_profile
+    from .llm.generate import GenerationSettings, Generator
+    from .llm.models import base_model_path, require_checkpoint, tuned_model_path
+    from .llm.models import DEFAULT_BASE_MODEL
+    from .llm.rag import Assistant, Question, check_question
+    from .retrieval.store import open_store
+    from .settings import garden_home, lance_storage_options, lance_uri
+
+    try:
+        question = check_question(args.question)
+        settings = GenerationSettings.from_dict({}, **{k: getattr(args, k) for k in GENERATION_FLAGS})
+        if args.model == "tuned":
+            path = require_checkpoint(tuned_model_path(garden_home() / "finetune" / "tuned"), "tuned_model")
+        else:
+            spec = os.environ.get("GARDEN_BASE_MODEL", DEFAULT_BASE_MODEL)
+            path = require_checkpoint(base_model_path(spec, garden_home() / "models"), "base_model")
+        store = None
+        if not args.no_rag:
+            store = open_store(lance_uri(), key=args.key, storage_options=lance_storage_options())
+            if store.open() is None:
+                raise FileNotFoundError(f"no index at {lance_uri()} for key {args.key!r}: materialize the "
+                                        "qa_index asset first (make run)")
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"garden ask: {e}")
+    spec = load_profile(asset="generation", defaults=ComputeSpec(device="auto"))
+    generator = Generator.load(path, device=spec.resolve_device(), precision=spec.resolve_precision(),
+                               max_context_tokens=args.max_context_tokens, name=args.model)
+    try:
+        [answer] = Assistant(generator, store, k=args.k, mode=args.mode).ask(
+            [Question(question, args.context or "")], settings, rag=not args.no_rag)
+    except ValueError as e:
+        raise SystemExit(f"garden ask: {e}")
+    if args.json:
+        print(json.dumps({"model": args.model, "path": str(path), **answer.to_dict()}, default=str))
+        return 0
+    print(answer.answer or "(the model wrote nothing before ### End)")
+    for alt in answer.alternatives:
+        print(f"\n--- alternative ---\n{alt}")
+    if answer.sources:
+        print("\nSources:")
+        for i, s in enumerate(answer.sources, 1):
+            print(f"  [{i}] {s.title} — {s.url}{' (trimmed to fit)' if s.trimmed else ''}")
+    dropped = f", {answer.docs_dropped} dropped" if answer.docs_dropped else ""
+    print(f"\n({args.model} model{' + RAG' if answer.rag else ''}; {answer.new_tokens} new tokens in "
+          f"{answer.latency_s:.1f} s{dropped})", file=sys.stderr)
+    return 0
+
+
+GENERATION_FLAGS = ("max_new_tokens", "do_sample", "num_beams", "temperature", "top_p", "top_k",
+                    "repetition_penalty", "num_return_sequences", "seed")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="garden", description="garden_assets: your Q&A dump → a domain assistant")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -72,6 +126,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="the embedding model the index was built with (default: packaged MiniLM)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_search)
+
+    p = sub.add_parser("ask", help="answer a question with the base or tuned model, with retrieved sources")
+    p.add_argument("question")
+    p.add_argument("--model", choices=["tuned", "base"], default="tuned")
+    p.add_argument("--no-rag", action="store_true", help="answer from the model alone (no retrieval)")
+    p.add_argument("--k", type=int, default=3, help="documents to retrieve")
+    p.add_argument("--mode", choices=["hybrid", "vector", "fts"], default="hybrid")
+    p.add_argument("--key", choices=["answer", "question+answer"], default="question+answer")
+    p.add_argument("--context", help="more detail about the question (the Input: block)")
+    p.add_argument("--max-context-tokens", type=int, default=2048, help="prompt + answer window")
+    p.add_argument("--max-new-tokens", type=int)
+    p.add_argument("--do-sample", action="store_true", default=None)
+    p.add_argument("--num-beams", type=int)
+    p.add_argument("--temperature", type=float)
+    p.add_argument("--top-p", type=float)
+    p.add_argument("--top-k", type=int)
+    p.add_argument("--repetition-penalty", type=float)
+    p.add_argument("--num-return-sequences", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_ask)
 
     p = sub.add_parser("eval-retrieval", help="Success@5 / MRR@10 of a throw-away index built from a dump")
     p.add_argument("dump")

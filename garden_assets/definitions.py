@@ -5,7 +5,7 @@ import os
 import dagster as dg
 import yaml
 
-from .defs import automation, finetune, index, posts
+from .defs import automation, evaluation, finetune, index, posts
 from .defs.resources import resources
 
 
@@ -22,7 +22,7 @@ def executor():
 defs = dg.Definitions(
     assets=[
         posts.raw_posts, posts.clean_posts, posts.qa_pairs, index.qa_index, index.retrieval_eval,
-        finetune.base_model, finetune.finetune_dataset, finetune.tuned_model,
+        finetune.base_model, finetune.finetune_dataset, finetune.tuned_model, evaluation.evaluation_answers,
     ],
     asset_checks=[finetune.overfitting],
     jobs=[index.reindex_job],

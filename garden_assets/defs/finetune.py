@@ -1,7 +1,5 @@
 """The fine-tune path: base_model, finetune_dataset, tuned_model (trainer run through Dagster Pipes)."""
 
-import base64
-import io
 import json
 import os
 from pathlib import Path
@@ -14,6 +12,7 @@ from ..llm.dataset import DatasetOptions, prepare_finetune_dataset
 from ..llm.models import DEFAULT_BASE_MODEL, resolve_base_model
 from ..training.config import demo_config
 from ..training.launch import plan_launch
+from .plots import png_markdown, pyplot
 from .resources import GardenPaths
 
 TRAINING = load_profile(asset="training", defaults=ComputeSpec(device="auto", batch_size=4))
@@ -155,22 +154,8 @@ def overfitting(paths: GardenPaths) -> dg.AssetCheckResult:
     )
 
 
-def _png(fig) -> str:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode()
-
-
 def _histogram_png(hist: dict) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     edges = hist["bin_edges"]
     fig, ax = plt.subplots(figsize=(6, 3), dpi=100)
     for name in ("train", "test"):
@@ -178,15 +163,11 @@ def _histogram_png(hist: dict) -> str:
     ax.set_xlabel(f"tokens per example ({hist['dropped'][0]} rows over max_length dropped)")
     ax.set_ylabel("rows")
     ax.legend()
-    return f"![length histogram](data:image/png;base64,{_png(fig)})"
+    return png_markdown(fig, "length histogram")
 
 
 def _loss_png(log: list[dict]) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3), dpi=100)
     for key in ("train_loss", "eval_loss"):
         pts = [(r["step"], r[key]) for r in log if r.get(key) is not None]
@@ -195,4 +176,4 @@ def _loss_png(log: list[dict]) -> str:
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.legend()
-    return f"![loss curves](data:image/png;base64,{_png(fig)})"
+    return png_markdown(fig, "loss curves")

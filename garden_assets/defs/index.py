@@ -1,7 +1,5 @@
 """The retrieval path: qa_index (LanceDB), retrieval_eval, and the scheduled re-index job."""
 
-import base64
-import io
 import os
 
 import dagster as dg
@@ -12,6 +10,7 @@ from ..retrieval.metrics import evaluate_grid
 from ..retrieval.store import DEFAULT_KEY, open_store
 from ..settings import lance_storage_options
 from .metadata import counts
+from .plots import png_markdown, pyplot
 from .resources import GardenPaths
 
 EMBEDDING = load_profile(asset="embedding", defaults=ComputeSpec(device="auto", batch_size=32))
@@ -108,22 +107,14 @@ def retrieval_eval(config: RetrievalEvalConfig, qa_pairs: pl.DataFrame) -> dg.Ma
 
 def _bar_plot(table: pl.DataFrame) -> str:
     """A bar chart of Success@5 per key × mode, as an inline PNG for the markdown metadata."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3), dpi=100)
     labels = [f"{k}\n{m}" for k, m in zip(table["key"], table["mode"])]
     ax.bar(labels, table["success_at_5"], color="#4c8c4a")
     ax.set_ylim(0, 1)
     ax.set_ylabel("Success@5")
     ax.tick_params(axis="x", labelsize=7)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return f"![Success@5](data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()})"
+    return png_markdown(fig, "Success@5")
 
 
 @dg.op(description="Compact the index, rebuild its full-text/ANN indexes and prune old versions.")

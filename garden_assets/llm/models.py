@@ -67,6 +67,33 @@ def resolve_base_model(spec: str = DEFAULT_BASE_MODEL, cache_dir: str | os.PathL
     raise FileNotFoundError(f"base model {spec!r} is neither {PACKAGED_GEMMA!r}, a local directory nor a Hub id")
 
 
+def base_model_path(spec: str = DEFAULT_BASE_MODEL, cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Where `resolve_base_model` puts (or found) ``spec``'s checkpoint, without creating anything."""
+    spec = str(spec).strip()
+    if spec.startswith(PACKAGED_PREFIX):
+        return _need_cache(cache_dir, spec) / "gemma3-270m"
+    if Path(spec).expanduser().exists() or not _HUB_ID.match(spec):
+        return Path(spec).expanduser()
+    return _need_cache(cache_dir, spec) / "hub" / spec.replace("/", "--")
+
+
+def tuned_model_path(tuned_dir: str | os.PathLike[str]) -> Path:
+    """The loadable checkpoint of a finished training run in ``tuned_dir`` (its metrics.json names it)."""
+    tuned_dir = Path(tuned_dir)
+    metrics = tuned_dir / "metrics.json"
+    if metrics.is_file():
+        return Path(json.loads(metrics.read_text()).get("model_dir") or tuned_dir / "model")
+    return tuned_dir / "model"
+
+
+def require_checkpoint(path: str | os.PathLike[str], asset: str) -> Path:
+    """``path`` if it holds a checkpoint, else an error that names the asset to materialize."""
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"no model at {path}: materialize the {asset} asset first (make run)")
+    return path
+
+
 def _need_cache(cache_dir: str | os.PathLike[str] | None, spec: str) -> Path:
     if cache_dir is None:
         raise ValueError(f"resolving {spec!r} writes a checkpoint: pass cache_dir (e.g. GARDEN_HOME/models)")

@@ -1,0 +1,195 @@
+"""evaluation_answers: held-out questions answered by base, base+RAG, tuned and tuned+RAG, scored, with sweeps."""
+
+import functools
+import hashlib
+import json
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+
+from ..compute import ComputeSpec, load_profile
+from ..llm.evaluation import VARIANTS, EvalPlan, RetrievalSetting, load_test_questions, run_evaluation, summarize
+from ..llm.generate import GenerationSettings, Generator
+from ..llm.models import base_model_path, require_checkpoint, tuned_model_path
+from ..retrieval.store import DEFAULT_KEY
+from .finetune import BaseModel, base_model, dataset_dir, finetune_dataset, tuned_model
+from .index import EMBEDDING, IndexConfig, qa_index, store_for
+from .metadata import counts
+from .plots import png_markdown, pyplot
+from .resources import GardenPaths
+
+GENERATION = load_profile(asset="generation", defaults=ComputeSpec(device="auto", batch_size=8))
+CPU_QUESTIONS = 4  # the CPU default keeps the four variants within ≈ 5 minutes on 2 cores
+
+
+class Generation(dg.Config):
+    """transformers generation settings (GenerationSettings); a sweep entry names only what it changes."""
+
+    max_new_tokens: int = 96
+    do_sample: bool = False
+    num_beams: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 50
+    repetition_penalty: float = 1.0
+    num_return_sequences: int = 1
+    seed: int = 0
+
+    def settings(self) -> GenerationSettings:
+        return GenerationSettings.from_dict(self.model_dump())
+
+
+class Retrieval(dg.Config):
+    k: int = 3
+    key: str = DEFAULT_KEY  # the qa_index table to search: qa_index must have been built with this key
+    mode: str = "hybrid"
+
+    def setting(self) -> RetrievalSetting:
+        return RetrievalSetting(k=self.k, key=self.key, mode=self.mode)
+
+
+class EvalConfig(dg.Config):
+    questions: int | None = None  # None: the whole test split on a GPU, CPU_QUESTIONS on CPU
+    variants: list[str] = list(VARIANTS)
+    generation: Generation = Generation()
+    retrieval: Retrieval = Retrieval()
+    generation_sweep: list[Generation] = []  # e.g. [{num_beams: 4}, {do_sample: true, temperature: 0.7}]
+    generation_sweep_variant: str = "tuned"
+    retrieval_sweep: list[Retrieval] = []  # e.g. [{k: 1}, {k: 5}, {k: 3, mode: vector}]
+    retrieval_sweep_variant: str = "tuned+rag"
+    max_context_tokens: int = 2048  # the prompt + answer window (capped by the model's own)
+
+
+def _plan(config: EvalConfig) -> EvalPlan:
+    try:
+        return EvalPlan(
+            variants=config.variants, settings=config.generation.settings(), retrieval=config.retrieval.setting(),
+            generation_sweep=[g.settings() for g in config.generation_sweep],
+            generation_sweep_variant=config.generation_sweep_variant,
+            retrieval_sweep=[r.setting() for r in config.retrieval_sweep],
+            retrieval_sweep_variant=config.retrieval_sweep_variant,
+        )
+    except ValueError as e:
+        raise dg.Failure(description=f"evaluation_answers config: {e}") from None
+
+
+@dg.asset(
+    group_name="evaluation",
+    kinds={"pytorch", "huggingface"},
+    deps=[base_model, finetune_dataset, tuned_model, qa_index],
+    op_tags=GENERATION.op_tags(),
+    pool=GENERATION.pool,
+    automation_condition=dg.AutomationCondition.eager(),
+    description="Held-out questions answered by base / base+RAG / tuned / tuned+RAG, scored (ROUGE-L, token F1), "
+                "with optional generation and retrieval sweeps.",
+    check_specs=[dg.AssetCheckSpec("tuned_rag_vs_base_rag", asset="evaluation_answers",
+                                   description="Warns when tuned+RAG scores below base+RAG (mean ROUGE-L).")],
+)
+def evaluation_answers(context: dg.AssetExecutionContext, config: EvalConfig, paths: GardenPaths, model: BaseModel):
+    plan = _plan(config)
+    device = GENERATION.resolve_device()
+    limit = config.questions if config.questions is not None else (None if device == "cuda" else CPU_QUESTIONS)
+    try:
+        questions = load_test_questions(dataset_dir(paths) / "test.jsonl", limit=limit)
+        models = {"base": require_checkpoint(base_model_path(model.spec, paths.home_path / "models"), "base_model"),
+                  "tuned": require_checkpoint(tuned_model_path(paths.home_path / "finetune" / "tuned"), "tuned_model")}
+    except (FileNotFoundError, ValueError) as e:
+        raise dg.Failure(description=str(e)) from None
+    precision = GENERATION.resolve_precision()
+
+    def load_generator(which: str) -> Generator:
+        context.log.info(f"loading the {which} model from {models[which]} ({device}, {precision})")
+        return Generator.load(models[which], device=device, precision=precision,
+                              batch_size=GENERATION.batch_size or 8, max_context_tokens=config.max_context_tokens,
+                              name=which)
+
+    @functools.cache
+    def open_store(key: str):
+        store = store_for(paths, IndexConfig(key=key), EMBEDDING)
+        if store.open() is None:
+            raise dg.Failure(description=f"no qa_index table for key {key!r} at {paths.lance_uri}: "
+                                         f"materialize qa_index (with config key: {key}) first")
+        return store
+
+    rag_keys = sorted({r.key for _, v, _, r in plan.jobs() if v.endswith("+rag")})
+    digest = _fingerprint(config, limit, dataset_dir(paths) / "test.jsonl", models,
+                          {k: open_store(k).open().version for k in rag_keys})
+    cache = paths.home_path / "evaluation" / f"answers-{digest}.parquet"
+    reused = cache.is_file()
+    if reused:  # same questions, models, index versions and config: answering again would change nothing
+        context.log.info(f"inputs unchanged since the last evaluation ({digest}): reusing {cache}")
+        rows = pl.read_parquet(cache)
+    else:
+        try:
+            rows = run_evaluation(questions, plan, load_generator=load_generator, open_store=open_store,
+                                  log=context.log.info)
+        except ValueError as e:  # a question that cannot fit the window, a bad setting
+            raise dg.Failure(description=f"evaluation_answers: {e}") from None
+        _write_cache(rows, cache)
+    table = summarize(rows)
+    main = table.filter(pl.col("sweep") == "main")
+    yield dg.Output(rows, metadata={
+        **counts(rows=rows.height, questions=len(questions), answers_with_sources=int((rows["sources"].list.len() > 0).sum())),
+        "comparison": dg.MetadataValue.md(_markdown(main) + "\n\n" + _score_plot(main)),
+        **({"generation_sweep": dg.MetadataValue.md(_markdown(table.filter(pl.col("sweep") == "generation")))}
+           if plan.generation_sweep else {}),
+        **({"retrieval_sweep": dg.MetadataValue.md(_markdown(table.filter(pl.col("sweep") == "retrieval")))}
+           if plan.retrieval_sweep else {}),
+        "device": device, "precision": precision,
+        "inputs_fingerprint": digest, "reused": reused,
+        "seconds_generating": dg.MetadataValue.float(round(float(rows["latency_s"].sum()), 1)),
+    })
+    yield _tuned_vs_base_check(main)
+
+
+def _fingerprint(config: EvalConfig, limit, test_file: Path, models: dict, index_versions: dict) -> str:
+    """What the answers depend on: config, question limit, test split, both models' files, index versions."""
+    h = hashlib.sha256(json.dumps([config.model_dump(), limit, index_versions, GENERATION.to_dict()],
+                                  sort_keys=True, default=str).encode())
+    h.update(test_file.read_bytes())
+    for path in models.values():  # a checkpoint is rewritten as a whole: names, sizes and mtimes identify it
+        for f in sorted(Path(path).iterdir()):
+            st = f.stat()
+            h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]
+
+
+def _write_cache(rows: pl.DataFrame, cache: Path) -> None:
+    """Keep the latest answers only, written under a temporary name and renamed."""
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_name(f".{cache.name}.tmp")
+    rows.write_parquet(tmp)
+    for old in cache.parent.glob("answers-*.parquet"):
+        old.unlink()
+    tmp.rename(cache)
+
+
+def _tuned_vs_base_check(main: pl.DataFrame) -> dg.AssetCheckResult:
+    means = dict(zip(main["variant"], main["rouge_l"]))
+    if "tuned+rag" not in means or "base+rag" not in means:
+        return dg.AssetCheckResult(check_name="tuned_rag_vs_base_rag", passed=True, severity=dg.AssetCheckSeverity.WARN,
+                                   metadata={"note": "tuned+rag or base+rag was not evaluated"})
+    return dg.AssetCheckResult(
+        check_name="tuned_rag_vs_base_rag", passed=bool(means["tuned+rag"] >= means["base+rag"]),
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={"tuned+rag rouge_l": float(means["tuned+rag"]), "base+rag rouge_l": float(means["base+rag"])},
+    )
+
+
+def _markdown(table: pl.DataFrame) -> str:
+    with pl.Config(tbl_formatting="MARKDOWN", tbl_hide_column_data_types=True, tbl_hide_dataframe_shape=True,
+                   tbl_rows=-1, tbl_cols=-1, fmt_str_lengths=80, tbl_width_chars=65535):
+        return str(table.drop("sweep"))
+
+
+def _score_plot(main: pl.DataFrame) -> str:
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3), dpi=100)
+    x = range(main.height)
+    ax.bar([i - 0.2 for i in x], main["rouge_l"], width=0.4, label="ROUGE-L", color="#4c8c4a")
+    ax.bar([i + 0.2 for i in x], main["token_f1"], width=0.4, label="token F1", color="#a3c586")
+    ax.set_xticks(list(x), main["variant"].to_list())
+    ax.set_ylabel("mean score")
+    ax.legend()
+    return png_markdown(fig, "scores per variant")

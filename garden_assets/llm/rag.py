@@ -1,0 +1,174 @@
+"""Answers with or without retrieval: the "Knowing this context: … Answer the question: …" prompt, fitted to
+the context window, and `Assistant`, which retrieves, prompts, generates and returns answers with sources.
+
+Fitting: documents go in rank order. One that does not fit whole is trimmed to the room left (when at least
+``min_doc_tokens`` remain; the prompt is then full) or dropped (a later, shorter one may still fit). Both are
+counted and only documents that made it into the prompt are returned as sources.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Sequence
+
+from .generate import GenerationSettings, Generator
+from .prompts import dolly_prompt, rag_prompt
+
+MIN_DOC_TOKENS = 32
+
+
+@dataclass(frozen=True)
+class Source:
+    answer_id: int
+    question_id: int
+    title: str
+    url: str
+    score: float
+    trimmed: bool = False
+
+
+@dataclass
+class FittedPrompt:
+    prompt: str
+    sources: list[Source]
+    prompt_tokens: int
+    docs_retrieved: int
+    docs_trimmed: int
+    docs_dropped: int
+
+
+@dataclass(frozen=True)
+class Question:
+    """What is asked: a title-like question and, optionally, its body (the Dolly ``Input:`` block)."""
+
+    text: str
+    context: str = ""
+
+
+@dataclass
+class Answer:
+    question: str
+    answer: str
+    sources: list[Source] = field(default_factory=list)
+    rag: bool = False
+    prompt_tokens: int = 0
+    new_tokens: int = 0
+    latency_s: float = 0.0  # retrieval + the generation batch it was in
+    retrieval_s: float = 0.0
+    batch_tokens_per_s: float = 0.0
+    docs_retrieved: int = 0
+    docs_trimmed: int = 0
+    docs_dropped: int = 0
+    alternatives: list[str] = field(default_factory=list)  # num_return_sequences > 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def check_question(text: str) -> str:
+    text = (text or "").strip()
+    if not text:
+        raise ValueError("the question is empty")
+    return text
+
+
+def fit_rag_prompt(question: Question, hits: Sequence, count_tokens, max_prompt_tokens: int, *, tokenizer=None,
+                   min_doc_tokens: int = MIN_DOC_TOKENS) -> FittedPrompt:
+    """The RAG prompt with as many retrieved documents (``Hit``s, best first) as fit in ``max_prompt_tokens``.
+
+    ``count_tokens(text)`` counts a prompt's tokens; ``tokenizer`` (to trim a document by tokens) is optional —
+    without it a document that does not fit is dropped, never cut.
+    """
+    text = check_question(question.text)
+    base = count_tokens(rag_prompt(text, [], question.context))
+    if base > max_prompt_tokens:
+        raise ValueError(f"the question is {base} tokens with its prompt; the context window leaves "
+                         f"{max_prompt_tokens} for the prompt")
+    used: list[tuple[Any, str, bool]] = []
+    trimmed = dropped = 0
+    for n, hit in enumerate(hits):
+        passages = [t for _, t, _ in used]
+        if count_tokens(rag_prompt(text, passages + [hit.text], question.context)) <= max_prompt_tokens:
+            used.append((hit, hit.text, False))
+            continue
+        cut = _trim_to_fit(text, question.context, passages, hit.text, count_tokens, max_prompt_tokens, tokenizer,
+                           min_doc_tokens)
+        if cut is None:
+            dropped += 1
+            continue
+        used.append((hit, cut, True))
+        trimmed += 1
+        dropped += len(hits) - n - 1  # the prompt is full now
+        break
+    prompt = rag_prompt(text, [t for _, t, _ in used], question.context)
+    sources = [Source(h.answer_id, h.question_id, h.title, h.source_url, round(float(h.score), 4), cut)
+               for h, _, cut in used]
+    return FittedPrompt(prompt, sources, count_tokens(prompt), len(hits), trimmed, dropped)
+
+
+def _trim_to_fit(question, context, passages, doc, count_tokens, limit, tokenizer, min_doc_tokens) -> str | None:
+    """The longest token prefix of ``doc`` (≥ ``min_doc_tokens``) that keeps the prompt within ``limit``."""
+    if tokenizer is None:
+        return None
+    ids = tokenizer(doc, add_special_tokens=False)["input_ids"]
+    room = limit - count_tokens(rag_prompt(question, passages + [""], context))
+    n = min(room, len(ids))
+    while n >= min_doc_tokens:  # decoding can re-merge tokens at the cut: shrink until the prompt fits
+        cut = tokenizer.decode(ids[:n], skip_special_tokens=True).strip() + " …"
+        if count_tokens(rag_prompt(question, passages + [cut], context)) <= limit:
+            return cut
+        n -= max(1, (n // 20))
+    return None
+
+
+class Assistant:
+    """Answers questions with one model, with or without retrieval from a `QAStore`."""
+
+    def __init__(self, generator: Generator, store=None, *, k: int = 3, mode: str = "hybrid") -> None:
+        if k < 1:
+            raise ValueError(f"k must be ≥ 1, got {k}")
+        self.generator = generator
+        self.store = store
+        self.k = k
+        self.mode = mode
+
+    def ask(self, questions: Sequence[Question], settings: GenerationSettings | None = None, *, rag: bool = True,
+            exclude_question_ids: Sequence[int | None] | None = None, progress=None) -> list[Answer]:
+        """Answer each question (one batched generation). ``exclude_question_ids[i]``: retrieval skips that
+        question's own answers (a held-out question must not find its reference answer)."""
+        settings = settings or GenerationSettings()
+        gen = self.generator
+        budget = gen.prompt_budget(settings)
+        fitted: list[FittedPrompt] = []
+        retrieval_s: list[float] = []
+        for i, q in enumerate(questions):
+            text = check_question(q.text)
+            if not rag:
+                prompt = dolly_prompt(text, q.context)
+                tokens = gen.count_tokens(prompt)
+                if tokens > budget:
+                    raise ValueError(f"the question is {tokens} tokens with its prompt; the context window "
+                                     f"({gen.context_window}) leaves {budget} after max_new_tokens={settings.max_new_tokens}")
+                fitted.append(FittedPrompt(prompt, [], tokens, 0, 0, 0))
+                retrieval_s.append(0.0)
+                continue
+            if self.store is None:
+                raise ValueError("RAG needs an index: materialize qa_index first")
+            skip = exclude_question_ids[i] if exclude_question_ids else None
+            began = time.perf_counter()
+            hits = self.store.search(text, k=self.k, mode=self.mode,
+                                     where=f"question_id != {int(skip)}" if skip is not None else None)
+            retrieval_s.append(time.perf_counter() - began)
+            fitted.append(fit_rag_prompt(q, hits, gen.count_tokens, budget, tokenizer=gen.tokenizer))
+        outputs = gen.generate([f.prompt for f in fitted], settings, progress=progress)
+        answers = []
+        for q, f, r, outs in zip(questions, fitted, retrieval_s, outputs):
+            best = outs[0]
+            answers.append(Answer(
+                question=q.text.strip(), answer=best.text, sources=f.sources, rag=rag, prompt_tokens=f.prompt_tokens,
+                new_tokens=best.new_tokens, latency_s=round(r + best.latency_s, 3), retrieval_s=round(r, 4),
+                batch_tokens_per_s=round(best.batch_tokens_per_s, 2), docs_retrieved=f.docs_retrieved,
+                docs_trimmed=f.docs_trimmed, docs_dropped=f.docs_dropped, alternatives=[o.text for o in outs[1:]],
+            ))
+        return answers

@@ -1,0 +1,113 @@
+"""evaluation_answers through Dagster: four variants, sweeps, the WARN check, reuse, and clear failures.
+
+Real pipeline on the bundled sample (MiniLM index in LanceDB, trainer through Pipes) with a tiny random Gemma-
+architecture model so it runs in seconds; the packaged Gemma answers in test_ask_gemma.py (slow).
+"""
+
+import shutil
+
+import dagster as dg
+import polars as pl
+import pytest
+
+from garden_assets.defs import evaluation, finetune, index, posts
+from garden_assets.defs.pipes import CompleteLineMessageReader
+from garden_assets.defs.resources import AtomicParquetIOManager, GardenPaths
+from garden_assets.llm.models import tiny_random_model
+
+from .conftest import SAMPLE_DROPS
+
+ASSETS = [posts.raw_posts, posts.clean_posts, posts.qa_pairs, index.qa_index, finetune.base_model,
+          finetune.finetune_dataset, finetune.tuned_model, evaluation.evaluation_answers]
+UPSTREAM = {"ops": {"tuned_model": {"config": {"max_train_tokens": 2000, "eval_steps": 5, "save_steps": 5}},
+                    "finetune_dataset": {"config": {"max_length": 384}}}}
+
+
+def eval_config(**config):
+    return {"ops": {"evaluation_answers": {"config": {"questions": 3, "generation": {"max_new_tokens": 6}, **config}}}}
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("evaluation")
+    tiny = tiny_random_model(tmp / "tiny")
+    drops = tmp / "drops"
+    shutil.copytree(SAMPLE_DROPS / "sample-gardening", drops / "sample-gardening")
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("drops", ["sample-gardening"])
+    resources = {
+        "paths": GardenPaths(home=str(tmp / "home"), drops=str(drops)),
+        "io_manager": AtomicParquetIOManager(base_dir=str(tmp / "home" / "storage")),
+        "model": finetune.BaseModel(spec=str(tiny)),
+        "pipes_subprocess_client": dg.PipesSubprocessClient(message_reader=CompleteLineMessageReader()),
+    }
+    assert dg.materialize(ASSETS, selection=ASSETS[:2], partition_key="sample-gardening", instance=instance,
+                          resources=resources).success
+    assert dg.materialize(ASSETS, selection=ASSETS[2:7], instance=instance, resources=resources,
+                          run_config=UPSTREAM).success
+    return instance, resources, tmp / "home"
+
+
+def materialize(env, config, **kw):
+    instance, resources, _ = env
+    return dg.materialize(ASSETS, selection=[evaluation.evaluation_answers], instance=instance, resources=resources,
+                          run_config=config, **kw)
+
+
+def test_four_variants_sweeps_check_and_reuse(env):
+    config = eval_config(generation_sweep=[{"max_new_tokens": 4, "repetition_penalty": 1.3}, {"num_beams": 2}],
+                         retrieval_sweep=[{"k": 1}, {"k": 2, "mode": "vector"}])
+    result = materialize(env, config)
+    assert result.success
+    rows = pl.read_parquet(env[2] / "storage" / "evaluation_answers.parquet")
+    assert rows.height == 3 * (4 + 2 + 2)
+    main = rows.filter(pl.col("sweep") == "main")
+    assert sorted(main["variant"].unique()) == ["base", "base+rag", "tuned", "tuned+rag"]
+    assert set(rows.columns) >= {"answer", "sources", "rouge_l", "token_f1", "latency_s", "new_tokens"}
+    assert rows["rouge_l"].is_between(0, 1).all() and rows["token_f1"].is_between(0, 1).all()
+    rag = rows.filter(pl.col("variant").str.ends_with("+rag"))
+    assert (rag["sources"].list.len() > 0).all() and (rows.filter(~pl.col("variant").str.ends_with("+rag"))["sources"].list.len() == 0).all()
+    # a held-out question never retrieves its own answers (its references)
+    pairs = pl.read_parquet(env[2] / "storage" / "qa_pairs.parquet")
+    own = dict(pairs.group_by("question_id").agg("answer_id").iter_rows())
+    for qid, ids in rag.select("question_id", "source_ids").iter_rows():
+        assert not set(ids) & set(own[qid])
+    assert sorted(rows.filter(pl.col("sweep") == "retrieval")["retrieval"].unique()) == [
+        "k=1, question+answer, hybrid", "k=2, question+answer, vector"]
+    assert rows.filter((pl.col("sweep") == "retrieval") & pl.col("retrieval").str.starts_with("k=1"))["sources"].list.len().max() == 1
+    meta = result.asset_materializations_for_node("evaluation_answers")[0].metadata
+    table = meta["comparison"].value
+    for variant in ("| base ", "| base+rag ", "| tuned ", "| tuned+rag "):
+        assert variant in table
+    assert "rouge_l" in table and "data:image/png" in table
+    assert "max_new_tokens=4, repetition_penalty=1.3" in meta["generation_sweep"].value
+    assert "k=2, question+answer, vector" in meta["retrieval_sweep"].value
+    [check] = result.get_asset_check_evaluations()
+    assert check.check_name == "tuned_rag_vs_base_rag" and check.severity == dg.AssetCheckSeverity.WARN
+    means = main.group_by("variant").agg(pl.col("rouge_l").mean()).rows()
+    means = dict(means)
+    assert check.passed == (round(means["tuned+rag"], 4) >= round(means["base+rag"], 4))
+    assert meta["reused"].value is False
+    # same inputs and config: the answers are reused, not generated again
+    again = materialize(env, config)
+    assert again.asset_materializations_for_node("evaluation_answers")[0].metadata["reused"].value is True
+    assert pl.read_parquet(env[2] / "storage" / "evaluation_answers.parquet").equals(rows)
+
+
+def test_bad_config_and_missing_inputs_fail_clearly_and_keep_old_answers(env, tmp_path):
+    assert materialize(env, eval_config(variants=["base"])).success
+    before = (env[2] / "storage" / "evaluation_answers.parquet").read_bytes()
+
+    def failure(config, resources=None):
+        instance, base_resources, _ = env
+        result = dg.materialize(ASSETS, selection=[evaluation.evaluation_answers], instance=instance,
+                                resources=resources or base_resources, run_config=config, raise_on_error=False)
+        assert not result.success
+        return [e for e in result.all_events if e.is_step_failure][0].step_failure_data.user_failure_data.description
+
+    assert "top_p must be in (0, 1]" in failure(eval_config(generation={"top_p": 2.0}))
+    assert "variant must be one of" in failure(eval_config(variants=["tuned+magic"]))
+    assert "materialize qa_index (with config key: answer)" in failure(eval_config(retrieval_sweep=[{"key": "answer"}]))
+    elsewhere = {**env[1], "paths": GardenPaths(home=str(tmp_path / "empty"), drops=str(tmp_path))}
+    assert "materialize finetune_dataset" in failure(eval_config(), elsewhere)
+    assert (env[2] / "storage" / "evaluation_answers.parquet").read_bytes() == before

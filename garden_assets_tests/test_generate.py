@@ -1,0 +1,143 @@
+"""Batched generation, settings validation, the RAG prompt within the window, answer metrics (tiny model)."""
+
+import pytest
+import torch
+
+from garden_assets.llm.generate import GenerationSettings, Generator
+from garden_assets.llm.metrics import normalize_answer, rouge_l, token_f1
+from garden_assets.llm.models import load_causal_lm, tiny_random_model
+from garden_assets.llm.prompts import END_KEY, dolly_prompt, extract_response
+from garden_assets.llm.rag import Assistant, Question, fit_rag_prompt
+from garden_assets.retrieval.search import Hit
+
+QUESTIONS = ["How deep do I plant garlic?", "Why are my tomato leaves yellow?", "When do I prune roses?",
+             "Can I compost citrus peels and onion skins in a small worm bin on the balcony?", "Aphids?"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return tiny_random_model(tmp_path_factory.mktemp("tiny") / "model", max_positions=256)
+
+
+@pytest.fixture(scope="module")
+def generator(tiny):
+    return Generator.load(tiny, batch_size=3)
+
+
+def test_batched_greedy_matches_one_at_a_time_default_generate(generator):
+    settings = GenerationSettings(max_new_tokens=12)
+    prompts = [dolly_prompt(q) for q in QUESTIONS]
+    batched = generator.generate(prompts, settings)
+    tok, model = generator.tokenizer, generator.model
+    for prompt, [got] in zip(prompts, batched):
+        enc = tok(prompt, return_tensors="pt")
+        with torch.inference_mode():
+            out = model.generate(**enc, max_new_tokens=12, do_sample=False)
+        want = tok.decode(out[0, enc.input_ids.shape[1]:], skip_special_tokens=True)
+        assert got.text == extract_response(want)
+        assert got.prompt_tokens == enc.input_ids.shape[1]
+        assert 1 <= got.new_tokens <= 12 and got.latency_s > 0
+
+
+def test_generation_stops_at_end_marker(generator, monkeypatch):
+    """A row stops once its tail decodes to ``### End``; other rows of the batch go on."""
+    tok = generator.tokenizer
+    end_ids = tok(f"\n\n{END_KEY}", add_special_tokens=False)["input_ids"]
+    real_generate = generator.model.generate
+
+    def scripted(**kwargs):  # writes "A" + the end marker for the "first" prompt, "B" forever for the other
+        stop = kwargs["stopping_criteria"][0]
+        ids = kwargs["input_ids"]
+        a_then_end = tok("A", add_special_tokens=False)["input_ids"] + end_ids  # for the "first" prompt
+        script = [a_then_end if "first" in tok.decode(row) else [] for row in ids]
+        b = tok("B", add_special_tokens=False)["input_ids"][0]
+        done = torch.zeros(ids.shape[0], dtype=torch.bool)
+        for step in range(kwargs["generation_config"].max_new_tokens):
+            nxt = torch.tensor([[script[r][step] if step < len(script[r]) else b] for r in range(ids.shape[0])])
+            nxt[done] = tok.pad_token_id
+            ids = torch.cat([ids, nxt], dim=1)
+            done |= stop(ids, None)
+            if done.all():
+                break
+        return ids
+
+    monkeypatch.setattr(generator.model, "generate", scripted)
+    a, b = generator.generate(["first", "second"], GenerationSettings(max_new_tokens=20))
+    assert a[0].text == "A" and a[0].new_tokens == 1 + len(end_ids)
+    assert b[0].text.startswith("BB") and b[0].new_tokens == 20
+    monkeypatch.setattr(generator.model, "generate", real_generate)
+
+
+def test_sampling_and_beams_and_return_sequences(generator):
+    prompts = [dolly_prompt(q) for q in QUESTIONS[:2]]
+    sampled = generator.generate(prompts, GenerationSettings(max_new_tokens=6, do_sample=True, temperature=0.7,
+                                                             top_p=0.9, top_k=20, num_return_sequences=3, seed=1))
+    assert [len(x) for x in sampled] == [3, 3]
+    again = generator.generate(prompts, GenerationSettings(max_new_tokens=6, do_sample=True, temperature=0.7,
+                                                           top_p=0.9, top_k=20, num_return_sequences=3, seed=1))
+    assert [[g.text for g in x] for x in sampled] == [[g.text for g in x] for x in again]  # seeded
+    beams = generator.generate(prompts, GenerationSettings(max_new_tokens=6, num_beams=2, num_return_sequences=2,
+                                                           repetition_penalty=1.3))
+    assert [len(x) for x in beams] == [2, 2]
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"max_new_tokens": 0}, "max_new_tokens"), ({"max_new_tokens": 10**6}, "max_new_tokens"),
+    ({"temperature": 0}, "temperature"), ({"top_p": 1.5}, "top_p"), ({"top_k": -1}, "top_k"),
+    ({"num_beams": 0}, "num_beams"), ({"repetition_penalty": 0}, "repetition_penalty"),
+    ({"num_return_sequences": 2}, "needs do_sample"), ({"beam_size": 3}, "unknown generation settings"),
+])
+def test_settings_out_of_range_are_clear_errors(bad, message):
+    with pytest.raises(ValueError, match=message):
+        GenerationSettings.from_dict(bad)
+
+
+def test_settings_label_names_what_differs():
+    assert GenerationSettings().label() == "greedy"
+    assert GenerationSettings(num_beams=4, repetition_penalty=1.2).label() == "num_beams=4, repetition_penalty=1.2"
+
+
+def test_prompt_longer_than_window_is_an_error(generator):
+    with pytest.raises(ValueError, match=r"prompt 1 is \d+ tokens; the context window \(256\)"):
+        generator.generate(["short", "word " * 300], GenerationSettings(max_new_tokens=8))
+    assistant = Assistant(generator)
+    with pytest.raises(ValueError, match="question is empty"):
+        assistant.ask([Question("   ")], rag=False)
+    with pytest.raises(ValueError, match="context window"):
+        assistant.ask([Question("soil " * 400)], rag=False)
+    with pytest.raises(ValueError, match="materialize qa_index"):
+        assistant.ask([Question("soil?")], rag=True)
+
+
+def _hit(i, words):
+    return Hit(answer_id=i, question_id=100 + i, title=f"t{i}", text=" ".join(["mulch"] * words),
+               source_url=f"https://x/a/{i}", is_accepted=False, answer_score=1, score=1.0 / i)
+
+
+def test_rag_prompt_fits_window_trims_and_drops(generator):
+    tok = generator.tokenizer
+    count = generator.count_tokens
+    hits = [_hit(1, 40), _hit(2, 500), _hit(3, 3), _hit(4, 3)]
+    q = Question("What mulch for strawberries?")
+    full = fit_rag_prompt(q, hits[:1], count, 10_000, tokenizer=tok)
+    assert full.docs_trimmed == full.docs_dropped == 0 and [s.answer_id for s in full.sources] == [1]
+    limit = full.prompt_tokens + 60  # room for part of the long doc
+    fitted = fit_rag_prompt(q, hits, count, limit, tokenizer=tok)
+    assert fitted.prompt_tokens <= limit
+    assert [s.answer_id for s in fitted.sources] == [1, 2] and fitted.sources[1].trimmed
+    assert fitted.docs_trimmed == 1 and fitted.docs_dropped == 2  # the prompt is full after the cut
+    assert "Knowing this context:" in fitted.prompt and "Answer the question: What mulch" in fitted.prompt
+    # no tokenizer to cut with: the long document is dropped and the short ones after it still fit
+    dropped = fit_rag_prompt(q, hits, count, limit)
+    assert [s.answer_id for s in dropped.sources] == [1, 3, 4] and dropped.docs_dropped == 1
+    with pytest.raises(ValueError, match="context window leaves 5"):
+        fit_rag_prompt(q, hits, count, 5)
+
+
+def test_token_f1_and_rouge_l():
+    assert normalize_answer("The Soil, an acid one!") == "soil acid one"
+    assert token_f1("acidic soil", "The soil must be acidic") == pytest.approx(2 * 1 * 0.5 / 1.5)
+    assert token_f1("", "") == 1.0 and token_f1("x", "") == 0.0 and token_f1("clay", "sand") == 0.0
+    assert rouge_l("plant garlic deep", "plant garlic deep") == 1.0
+    assert 0 < rouge_l("plant the garlic cloves", "plant garlic 5 cm deep") < 1
+    assert rouge_l("", "anything") == 0.0
