@@ -65,6 +65,7 @@ class DagsterUI:
     port: int = field(default_factory=free_port)
     locations: list[str] = field(default_factory=list)  # code location names, once loaded
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+    extra_env: dict[str, str] = field(default_factory=dict)  # overrides env() (e.g. a settle time of 0)
 
     @property
     def url(self) -> str:
@@ -91,23 +92,27 @@ class DagsterUI:
             TRANSFORMERS_OFFLINE="1",
             PYTHONUNBUFFERED="1",
         )
+        env.update(self.extra_env)
         return env
 
-    def prepare(self, partitions_def: str, keys: list[str]) -> None:
+    def prepare(self, partitions_def: str, keys: list[str], dagster_yaml: str = DAGSTER_YAML) -> None:
         import dagster as dg
 
         self.dagster_home.mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(parents=True, exist_ok=True)
-        (self.dagster_home / "dagster.yaml").write_text(DAGSTER_YAML)
-        with dg.DagsterInstance.from_config(str(self.dagster_home)) as instance:
-            instance.add_dynamic_partitions(partitions_def, keys)
+        (self.dagster_home / "dagster.yaml").write_text(dagster_yaml)
+        if keys:
+            with dg.DagsterInstance.from_config(str(self.dagster_home)) as instance:
+                instance.add_dynamic_partitions(partitions_def, keys)
 
-    def start(self) -> None:
+    def start(self, only: tuple[str, ...] = ("webserver", "daemon")) -> None:
         commands = {
             "webserver": [dagster_bin("dagster-webserver"), "-h", "127.0.0.1", "-p", str(self.port), "-w", "workspace.yaml"],
             "daemon": [dagster_bin("dagster-daemon"), "run", "-w", "workspace.yaml"],
         }
         for name, cmd in commands.items():
+            if name not in only:
+                continue
             out = open(self.logs / f"{name}.log", "wb")
             try:
                 # Own session = own process group: stop() ends the code servers and run workers with it.

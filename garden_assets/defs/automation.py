@@ -11,11 +11,12 @@ from .posts import drops_partitions, raw_posts
 from .resources import GardenPaths
 
 SETTLE_SECONDS = float(os.environ.get("GARDEN_DROP_SETTLE_S", "2"))
+INTERVAL_SECONDS = int(os.environ.get("GARDEN_SENSOR_INTERVAL_S", "30"))  # both sensors' minimum tick interval
 
 
 @dg.sensor(
     asset_selection=[raw_posts],
-    minimum_interval_seconds=30,
+    minimum_interval_seconds=INTERVAL_SECONDS,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Watches GARDEN_DROPS; run keys carry the drop's content hash.",
 )
@@ -57,5 +58,5 @@ automation_sensor = dg.AutomationConditionSensorDefinition(
     "garden_automation",
     target=dg.AssetSelection.all(),
     default_status=dg.DefaultSensorStatus.RUNNING,
-    minimum_interval_seconds=30,
+    minimum_interval_seconds=INTERVAL_SECONDS,
 )

@@ -30,7 +30,11 @@ class BaseModel(dg.ConfigurableResource):
 @dg.asset(
     group_name="finetune",
     kinds={"huggingface", "pytorch"},
-    automation_condition=dg.AutomationCondition.on_missing(),
+    # Not on_missing(): that fires only when an asset *becomes* missing after the sensor's first evaluation, so
+    # on a fresh deployment base_model would never run and everything downstream would wait for it forever.
+    # A failed attempt is not retried by automation (materialize it by hand once the cause is fixed).
+    automation_condition=(dg.AutomationCondition.missing() & ~dg.AutomationCondition.in_progress()
+                          & ~dg.AutomationCondition.execution_failed()).with_label("missing_and_not_failed"),
     description="The base checkpoint directory (the packaged Gemma 3 270M GGUF is converted once).",
 )
 def base_model(paths: GardenPaths, model: BaseModel) -> dg.MaterializeResult:
