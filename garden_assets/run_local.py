@@ -74,6 +74,16 @@ def summary(inst: dg.DagsterInstance, keys: list[str], failed: list[str], second
     print(f"drops:   {len(keys)} ({', '.join(keys)}){'; failed: ' + ', '.join(failed) if failed else ''}")
     print(f"posts:   {posts} read")
     print(f"pairs:   {pairs} Q/A pairs -> {pairs_file}")
+    answers = storage / "evaluation_answers.parquet"
+    if answers.exists():
+        from .llm.evaluation import summarize
+
+        main = summarize(pl.read_parquet(answers)).filter(pl.col("sweep") == "main")
+        print(f"answers: {answers}")
+        for r in main.iter_rows(named=True):
+            print(f"         {r['variant']:<10} ROUGE-L {r['rouge_l']:.3f}  token F1 {r['token_f1']:.3f}  "
+                  f"p50 {r['latency_p50_s']:.1f} s  ({r['questions']} held-out questions)")
+        print('         ask: .venv/bin/garden ask "What soil do blueberries like?"')
     print(f"outputs: {storage}")
     print(f"runs:    {os.environ['DAGSTER_HOME']} (see them with `make ui`, http://127.0.0.1:3000)")
 
