@@ -1,0 +1,38 @@
+"""`garden ask` bad input: clear messages naming what to fix, before any model is loaded."""
+
+import json
+
+import pytest
+
+from garden_assets.cli import main
+from garden_assets.llm.models import tiny_random_model
+from garden_assets.retrieval.store import open_store
+from garden_assets.retrieval.testing import sample_pairs
+
+
+def ask(*argv):
+    with pytest.raises(SystemExit) as exc:
+        main(["ask", *argv])
+    return str(exc.value)
+
+
+def test_ask_bad_input(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("GARDEN_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("GARDEN_LANCE_URI", raising=False)
+    monkeypatch.delenv("GARDEN_BASE_MODEL", raising=False)
+    assert ask("   ") == "garden ask: the question is empty"
+    assert "top_p must be in (0, 1]" in ask("Why?", "--top-p", "1.5")
+    assert "max_new_tokens must be 1..4096" in ask("Why?", "--max-new-tokens", "0")
+    assert "materialize the tuned_model asset first" in ask("Why?")
+    assert "materialize the base_model asset first" in ask("Why?", "--model", "base")
+    tiny = tiny_random_model(tmp_path / "tiny", max_positions=128)
+    monkeypatch.setenv("GARDEN_BASE_MODEL", str(tiny))
+    assert "materialize the qa_index asset first" in ask("Why?", "--model", "base")
+    open_store(tmp_path / "home" / "lancedb").upsert(sample_pairs())
+    assert "context window (128)" in ask("soil " * 200, "--model", "base", "--no-rag", "--max-new-tokens", "8")
+    # within the window: an answer (random weights, so any text) and the sources it used
+    capsys.readouterr()
+    assert main(["ask", "Can I compost citrus peels?", "--model", "base", "--k", "1", "--max-new-tokens", "4",
+                 "--json"]) == 0
+    answer = json.loads(capsys.readouterr().out)
+    assert [s["answer_id"] for s in answer["sources"]] == [51] and answer["rag"] and answer["new_tokens"] <= 4
