@@ -81,6 +81,7 @@ def test_four_variants_sweeps_check_and_reuse(env):
         assert variant in table
     assert "rouge_l" in table and "data:image/png" in table
     assert "max_new_tokens=4, repetition_penalty=1.3" in meta["generation_sweep"].value
+    assert "max_new_tokens=6, num_beams=2" in meta["generation_sweep"].value  # a sweep row keeps the main settings
     assert "k=2, question+answer, vector" in meta["retrieval_sweep"].value
     [check] = result.get_asset_check_evaluations()
     assert check.check_name == "tuned_rag_vs_base_rag" and check.severity == dg.AssetCheckSeverity.WARN
@@ -107,6 +108,7 @@ def test_bad_config_and_missing_inputs_fail_clearly_and_keep_old_answers(env, tm
 
     assert "top_p must be in (0, 1]" in failure(eval_config(generation={"top_p": 2.0}))
     assert "variant must be one of" in failure(eval_config(variants=["tuned+magic"]))
+    assert "mode must be one of" in failure(eval_config(retrieval_sweep=[{"mode": "semantic"}]))
     assert "materialize qa_index (with config key: answer)" in failure(eval_config(retrieval_sweep=[{"key": "answer"}]))
     elsewhere = {**env[1], "paths": GardenPaths(home=str(tmp_path / "empty"), drops=str(tmp_path))}
     assert "materialize finetune_dataset" in failure(eval_config(), elsewhere)

@@ -40,6 +40,20 @@ class Generation(dg.Config):
         return GenerationSettings.from_dict(self.model_dump())
 
 
+class GenerationChange(dg.Config):
+    """One sweep row: the settings it names replace the main ``generation`` settings; the rest are kept."""
+
+    max_new_tokens: int | None = None
+    do_sample: bool | None = None
+    num_beams: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    repetition_penalty: float | None = None
+    num_return_sequences: int | None = None
+    seed: int | None = None
+
+
 class Retrieval(dg.Config):
     k: int = 3
     key: str = DEFAULT_KEY  # the qa_index table to search: qa_index must have been built with this key
@@ -49,14 +63,26 @@ class Retrieval(dg.Config):
         return RetrievalSetting(k=self.k, key=self.key, mode=self.mode)
 
 
+class RetrievalChange(dg.Config):
+    """One sweep row: k, key and/or mode replacing the main ``retrieval`` ones."""
+
+    k: int | None = None
+    key: str | None = None
+    mode: str | None = None
+
+
+def _changed(base: dict, change: dg.Config) -> dict:
+    return {**base, **{k: v for k, v in change.model_dump().items() if v is not None}}
+
+
 class EvalConfig(dg.Config):
     questions: int | None = None  # None: the whole test split on a GPU, CPU_QUESTIONS on CPU
     variants: list[str] = list(VARIANTS)
     generation: Generation = Generation()
     retrieval: Retrieval = Retrieval()
-    generation_sweep: list[Generation] = []  # e.g. [{num_beams: 4}, {do_sample: true, temperature: 0.7}]
+    generation_sweep: list[GenerationChange] = []  # e.g. [{num_beams: 4}, {do_sample: true, temperature: 0.7}]
     generation_sweep_variant: str = "tuned"
-    retrieval_sweep: list[Retrieval] = []  # e.g. [{k: 1}, {k: 5}, {k: 3, mode: vector}]
+    retrieval_sweep: list[RetrievalChange] = []  # e.g. [{k: 1}, {k: 5}, {mode: vector}]
     retrieval_sweep_variant: str = "tuned+rag"
     max_context_tokens: int = 2048  # the prompt + answer window (capped by the model's own)
 
@@ -65,9 +91,11 @@ def _plan(config: EvalConfig) -> EvalPlan:
     try:
         return EvalPlan(
             variants=config.variants, settings=config.generation.settings(), retrieval=config.retrieval.setting(),
-            generation_sweep=[g.settings() for g in config.generation_sweep],
+            generation_sweep=[GenerationSettings.from_dict(_changed(config.generation.model_dump(), g))
+                              for g in config.generation_sweep],
             generation_sweep_variant=config.generation_sweep_variant,
-            retrieval_sweep=[r.setting() for r in config.retrieval_sweep],
+            retrieval_sweep=[RetrievalSetting(**_changed(config.retrieval.model_dump(), r))
+                             for r in config.retrieval_sweep],
             retrieval_sweep_variant=config.retrieval_sweep_variant,
         )
     except ValueError as e:
