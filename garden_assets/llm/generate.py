@@ -70,14 +70,17 @@ class GenerationSettings:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def to_generation_config(self, tokenizer):
-        """A transformers ``GenerationConfig`` (sampling knobs only when sampling, so transformers does not warn)."""
+    def to_generation_config(self, tokenizer, eos_token_id: int | list[int] | None = None):
+        """A transformers ``GenerationConfig`` (sampling knobs only when sampling, so transformers does not warn).
+
+        ``eos_token_id``: the model's own end tokens (its generation_config's; Gemma has two), else the tokenizer's.
+        """
         from transformers import GenerationConfig
 
         kwargs: dict[str, Any] = dict(
             max_new_tokens=self.max_new_tokens, num_beams=self.num_beams, do_sample=self.do_sample,
             repetition_penalty=self.repetition_penalty, num_return_sequences=self.num_return_sequences,
-            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id, eos_token_id=eos_token_id or tokenizer.eos_token_id,
         )
         if self.do_sample:
             kwargs.update(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k)
@@ -165,7 +168,8 @@ class Generator:
                 raise ValueError(
                     f"prompt {i} is {len(ids)} tokens; the context window ({self.context_window}) leaves "
                     f"{budget} after max_new_tokens={settings.max_new_tokens}")
-        gen_config = settings.to_generation_config(self.tokenizer)
+        own = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        gen_config = settings.to_generation_config(self.tokenizer, own)
         if settings.do_sample:
             torch.manual_seed(settings.seed)
         order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))  # similar lengths share a batch
@@ -189,7 +193,7 @@ class Generator:
                 )
             seconds = time.perf_counter() - began
             new = out[:, width:].cpu()
-            lengths = [_new_length(row, pad, self.tokenizer.eos_token_id) for row in new]
+            lengths = [_new_length(row, pad, gen_config.eos_token_id) for row in new]
             rate = sum(lengths) / seconds if seconds > 0 else 0.0
             texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
             n = settings.num_return_sequences
