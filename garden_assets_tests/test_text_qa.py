@@ -55,3 +55,27 @@ def test_pairs_newest_wins_orphans_and_accepted(tmp_path):
     # The hash follows content only.
     again, _ = build_pairs(clean, site_url="https://garden.example/")
     assert again["content_hash"].to_list() == pairs["content_hash"].to_list()
+
+
+def test_html_to_text_series_matches_reference_rules_and_unescape():
+    # The fast path (bare-tag Aho-Corasick pass, gated regexes, blank stripping) must equal the plain rule list
+    # followed by html.unescape, also on rows it hands back to the plain rules (a '<' inside a tag, '>' in alt).
+    import html as html_mod
+
+    from garden_assets.stackexchange.text import _RULES, html_to_text_series
+
+    entities = ["&amp;", "&amp", "&amp;lt;", "&AMP", "&lt", "&gt;", "&quot", "&#39;", "&#39", "&#x27;", "&#X27", "&#0;", "&#128;",
+                "&#1114112;", "&#xD800;", "&nbsp;", "&nbsp", "&notit;", "&ampx", "&&", "& ;", "&#;", "&unknown;", "&lt;p&gt;"]
+    bodies = [f"<p>a{e}b <code>{e};</code></p>" for e in entities] + [
+        "<ul>\n<li>x</li>\n<li class='y'>z<br/>w<br  /></li></ul>", "<pre class=\"p\"><code>  a \t \n\n\n\n    b  \n</code></pre>",
+        '<table><tr><th>h</th><td>d</td></tr></table>', '<p><img src="a.png" alt="al &amp; t"><img src="b"></p>',
+        "<li <p>x</p>", '<img alt="a><p>b"> <p>c</p>', "<p <b>y</b>", "<h2 id=t>T</h2><hr /><blockquote><p>q</p></blockquote>",
+        "tail \t\n\n- item  \n \n- next", "<p>x</p>\n\n\n\n<p>- y</p>", None, "",
+    ]
+    series = pl.Series(bodies, dtype=pl.String)
+    expected = series.fill_null("")
+    for pattern, repl in _RULES:
+        expected = expected.str.replace_all(pattern, repl)
+    expected = [html_mod.unescape(v) for v in expected.str.strip_chars().to_list()]
+    assert html_to_text_series(series).to_list() == expected
+    assert html_to_text_series(series[::-1]).to_list() == expected[::-1]

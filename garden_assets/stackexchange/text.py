@@ -30,12 +30,65 @@ _RULES = [
 ]
 
 
+# Fast path: most tags are bare (<p>, </a>, <li>, <strong>). One Aho-Corasick pass turns them into what _RULES
+# would, so the regex passes (~100-300 ns per match) see few matches. This is exact wherever every '<' reaches a
+# '>' before the next '<' and no alt="..." value holds a '>': there every rule match is one whole <...> tag and no
+# replacement adds a '<' or '>', so a tag's fate does not depend on when it is replaced, and [^>] may be [^<>]
+# (which stops the engine's reverse scan at the '<'). Rows where _UNSAFE matches take _RULES unchanged.
+_BARE_TAGS = {f"<{c}{t}>": "" for t in "a li code strong em b i s strike sup sub kbd del span td th thead tbody dl dt dd".split()
+              for c in ("", "/")}
+_BARE_TAGS |= {f"<{c}{t}{e}>": "\n\n" for t in "p div h1 h2 h3 h4 h5 h6 blockquote ul ol table tr hr pre".split()
+               for c, e in (("", ""), ("/", ""), ("", "/"), ("", " /"))}
+_BARE_TAGS |= {"<li>": "\n- ", "<br>": "\n", "<br/>": "\n", "<br />": "\n", "</td>": " | ", "</th>": " | "}
+_FAST_RULES = [  # _RULES 1-6 without </t[dh]> (it only ever matches bare tags); a gate skips rows that cannot match
+    ("<li", r"<li\b[^<>]*>", "\n- "),
+    ("<br", r"<br\s*/?>", "\n"),
+    ("<img", *_RULES[3]),
+    (None, r"</?(?:p|div|h[1-6]|blockquote|ul|ol|table|tr|hr|pre)\b[^<>]*>", "\n\n"),
+    (None, r"<[^<>]+>", ""),
+]
+_UNSAFE = (r"<[^<>]*<", r'alt="[^"]*>')  # two passes: ~3x faster than one alternation
+_BLANK_NL = {" \n": "\n", "\t\n": "\n"}
+
+
+def _replace(s: pl.Series, rules) -> pl.Series:
+    for pattern, repl in rules:
+        s = s.str.replace_all(pattern, repl)
+    return s
+
+
+def _replace_where(s: pl.Series, mask: pl.Series, rules) -> pl.Series:
+    """Apply ``rules`` only to rows where ``mask`` holds (a regex pass costs its whole column, matches or not)."""
+    idx = mask.arg_true()
+    return s.scatter(idx, _replace(s.gather(idx), rules)) if len(idx) else s
+
+
+def _drop_blanks_before_newlines(text: pl.Series) -> pl.Series:
+    """``replace_all(r"[ \t]+\n", "\n")``, 2-3x faster: that regex has no rare byte to skip to (~600 MB/s), while
+    Aho-Corasick finds " \n" by its '\n'. Each pass drops one blank before every '\n' of the rows that still have
+    one (few after two passes); the regex finishes the rest, so any run length gives the same text."""
+    for attempt in range(3):
+        idx = (text.str.contains(" \n", literal=True) | text.str.contains("\t\n", literal=True)).arg_true()
+        if not len(idx):
+            break
+        rows = text.gather(idx)
+        text = text.scatter(idx, rows.str.replace_many(_BLANK_NL) if attempt < 2 else _replace(rows, _RULES[6:7]))
+    return text
+
+
 def html_to_text_series(bodies: pl.Series) -> pl.Series:
     """Vectorized HTML → text on a polars string column (Rust regex; entities decoded only where present)."""
-    expr = pl.col("b").fill_null("")
-    for pattern, repl in _RULES:
-        expr = expr.str.replace_all(pattern, repl)
-    text = pl.DataFrame({"b": bodies}).select(expr.str.strip_chars()).to_series()
+    b = bodies.fill_null("").rename("b")
+    text = b.str.replace_many(_BARE_TAGS)
+    for gate, pattern, repl in _FAST_RULES:
+        mask = text.str.contains(gate, literal=True) if gate else None
+        text = text.str.replace_all(pattern, repl) if mask is None else _replace_where(text, mask, [(pattern, repl)])
+    unsafe = b.str.contains(_UNSAFE[0]) | b.str.contains(_UNSAFE[1])
+    if unsafe.any():
+        idx = unsafe.arg_true()
+        text = text.scatter(idx, _replace(b.gather(idx), _RULES[:6]))
+    text = _drop_blanks_before_newlines(text)
+    text = _replace(text, _RULES[7:]).str.strip_chars()
     # html.unescape knows all 2,231 HTML5 entities; only the few rows that still hold an '&' pay for it.
     idx = text.str.contains("&", literal=True).arg_true()
     if len(idx):
