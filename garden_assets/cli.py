@@ -53,11 +53,14 @@ def _eval_retrieval(args: argparse.Namespace) -> int:
     return 0
 
 
+GENERATION_FLAGS = ("max_new_tokens", "do_sample", "num_beams", "temperature", "top_p", "top_k",
+                    "repetition_penalty", "num_return_sequences", "seed")
+
+
 def _ask(args: argparse.Namespace) -> int:
     from .compute import ComputeSpec, load_profile
     from .llm.generate import GenerationSettings, Generator
-    from .llm.models import base_model_path, require_checkpoint, tuned_model_path
-    from .llm.models import DEFAULT_BASE_MODEL
+    from .llm.models import DEFAULT_BASE_MODEL, base_model_path, require_checkpoint, tuned_model_path
     from .llm.rag import Assistant, Question, check_question
     from .retrieval.store import open_store
     from .settings import garden_home, lance_storage_options, lance_uri
@@ -101,9 +104,6 @@ def _ask(args: argparse.Namespace) -> int:
           f"{answer.latency_s:.1f} s{dropped})", file=sys.stderr)
     return 0
 
-
-GENERATION_FLAGS = ("max_new_tokens", "do_sample", "num_beams", "temperature", "top_p", "top_k",
-                    "repetition_penalty", "num_return_sequences", "seed")
 
 
 def build_parser() -> argparse.ArgumentParser:
