@@ -113,3 +113,14 @@ def test_bad_config_and_missing_inputs_fail_clearly_and_keep_old_answers(env, tm
     elsewhere = {**env[1], "paths": GardenPaths(home=str(tmp_path / "empty"), drops=str(tmp_path))}
     assert "materialize finetune_dataset" in failure(eval_config(), elsewhere)
     assert (env[2] / "storage" / "evaluation_answers.parquet").read_bytes() == before
+
+
+def test_run_config_mirrors_generation_settings():
+    """The Launchpad's typed config and the library's settings cannot drift apart (same fields, same defaults)."""
+    import dataclasses
+
+    from garden_assets.llm.generate import GenerationSettings
+
+    fields = {f.name: f.default for f in dataclasses.fields(GenerationSettings)}
+    assert evaluation.Generation().model_dump() == fields
+    assert set(evaluation.GenerationChange.model_fields) == set(fields)

@@ -24,7 +24,7 @@ GENERATION = load_profile(asset="generation", defaults=ComputeSpec(device="auto"
 CPU_QUESTIONS = 4  # the CPU default keeps the four variants within ≈ 5 minutes on 2 cores
 
 
-class Generation(dg.Config):
+class Generation(dg.Config):  # mirrors GenerationSettings (a test keeps them equal)
     """transformers generation settings (GenerationSettings); a sweep entry names only what it changes."""
 
     max_new_tokens: int = 96
