@@ -83,7 +83,7 @@ def _ask(args: argparse.Namespace) -> int:
         raise SystemExit(f"garden ask: {e}")
     spec = load_profile(asset="generation", defaults=ComputeSpec(device="auto"))
     generator = Generator.load(path, device=spec.resolve_device(), precision=spec.resolve_precision(),
-                               max_context_tokens=args.max_context_tokens, name=args.model)
+                               max_context_tokens=args.max_context_tokens)
     try:
         [answer] = Assistant(generator, store, k=args.k, mode=args.mode).ask(
             [Question(question, args.context or "")], settings, rag=not args.no_rag)

@@ -4,18 +4,15 @@ Real pipeline on the bundled sample (MiniLM index in LanceDB, trainer through Pi
 architecture model so it runs in seconds; the packaged Gemma answers in test_ask_gemma.py (slow).
 """
 
-import shutil
-
 import dagster as dg
 import polars as pl
 import pytest
 
 from garden_assets.defs import evaluation, finetune, index, posts
-from garden_assets.defs.pipes import CompleteLineMessageReader
-from garden_assets.defs.resources import AtomicParquetIOManager, GardenPaths
+from garden_assets.defs.resources import GardenPaths
 from garden_assets.llm.models import tiny_random_model
 
-from .conftest import SAMPLE_DROPS
+from .dagster_env import PARTITION, sample_env
 
 ASSETS = [posts.raw_posts, posts.clean_posts, posts.qa_pairs, index.qa_index, finetune.base_model,
           finetune.finetune_dataset, finetune.tuned_model, evaluation.evaluation_answers]
@@ -30,18 +27,8 @@ def eval_config(**config):
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("evaluation")
-    tiny = tiny_random_model(tmp / "tiny")
-    drops = tmp / "drops"
-    shutil.copytree(SAMPLE_DROPS / "sample-gardening", drops / "sample-gardening")
-    instance = dg.DagsterInstance.ephemeral()
-    instance.add_dynamic_partitions("drops", ["sample-gardening"])
-    resources = {
-        "paths": GardenPaths(home=str(tmp / "home"), drops=str(drops)),
-        "io_manager": AtomicParquetIOManager(base_dir=str(tmp / "home" / "storage")),
-        "model": finetune.BaseModel(spec=str(tiny)),
-        "pipes_subprocess_client": dg.PipesSubprocessClient(message_reader=CompleteLineMessageReader()),
-    }
-    assert dg.materialize(ASSETS, selection=ASSETS[:2], partition_key="sample-gardening", instance=instance,
+    instance, resources = sample_env(tmp, base_model=str(tiny_random_model(tmp / "tiny")))
+    assert dg.materialize(ASSETS, selection=ASSETS[:2], partition_key=PARTITION, instance=instance,
                           resources=resources).success
     assert dg.materialize(ASSETS, selection=ASSETS[2:7], instance=instance, resources=resources,
                           run_config=UPSTREAM).success

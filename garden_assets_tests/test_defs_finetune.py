@@ -4,17 +4,14 @@ A tiny random Gemma-architecture model keeps this fast; the packaged Gemma runs 
 """
 
 import json
-import shutil
 
 import dagster as dg
 import pytest
 
 from garden_assets.defs import finetune, posts
-from garden_assets.defs.pipes import CompleteLineMessageReader
-from garden_assets.defs.resources import AtomicParquetIOManager, GardenPaths
 from garden_assets.llm.models import tiny_random_model
 
-from .conftest import SAMPLE_DROPS
+from .dagster_env import sample_env
 
 ASSETS = [posts.raw_posts, posts.clean_posts, posts.qa_pairs, finetune.base_model, finetune.finetune_dataset,
           finetune.tuned_model]
@@ -29,16 +26,7 @@ def tiny(tmp_path_factory):
 
 @pytest.fixture
 def env(tmp_path, tiny):
-    drops = tmp_path / "drops"
-    shutil.copytree(SAMPLE_DROPS / "sample-gardening", drops / "sample-gardening")
-    instance = dg.DagsterInstance.ephemeral()
-    instance.add_dynamic_partitions("drops", ["sample-gardening"])
-    resources = {
-        "paths": GardenPaths(home=str(tmp_path / "home"), drops=str(drops)),
-        "io_manager": AtomicParquetIOManager(base_dir=str(tmp_path / "home" / "storage")),
-        "model": finetune.BaseModel(spec=str(tiny)),
-        "pipes_subprocess_client": dg.PipesSubprocessClient(message_reader=CompleteLineMessageReader()),
-    }
+    instance, resources = sample_env(tmp_path, base_model=str(tiny))
     assert dg.materialize(ASSETS, selection=ASSETS[:2], partition_key="sample-gardening", instance=instance,
                           resources=resources).success
     assert dg.materialize(ASSETS, selection=ASSETS[2:3], instance=instance, resources=resources).success

@@ -1,16 +1,14 @@
 """qa_index, retrieval_eval and the reindex job through Dagster on the bundled sample (real MiniLM, real LanceDB)."""
 
-import shutil
-
 import dagster as dg
 import polars as pl
 import pytest
 
 from garden_assets.defs import index, posts
-from garden_assets.defs.resources import AtomicParquetIOManager, GardenPaths
+from garden_assets.defs.resources import AtomicParquetIOManager
 from garden_assets.retrieval.store import open_store
 
-from .conftest import SAMPLE_DROPS
+from .dagster_env import sample_env
 
 ASSETS = [posts.raw_posts, posts.clean_posts, posts.qa_pairs, index.qa_index, index.retrieval_eval]
 
@@ -18,12 +16,8 @@ ASSETS = [posts.raw_posts, posts.clean_posts, posts.qa_pairs, index.qa_index, in
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("index")
-    drops = tmp / "drops"
-    shutil.copytree(SAMPLE_DROPS / "sample-gardening", drops / "sample-gardening")
-    instance = dg.DagsterInstance.ephemeral()
-    instance.add_dynamic_partitions("drops", ["sample-gardening"])
-    paths = GardenPaths(home=str(tmp / "home"), drops=str(drops))
-    resources = {"paths": paths, "io_manager": AtomicParquetIOManager(base_dir=str(tmp / "home" / "storage"))}
+    instance, resources = sample_env(tmp)
+    paths = resources["paths"]
     assert dg.materialize(ASSETS, selection=ASSETS[:2], partition_key="sample-gardening", instance=instance,
                           resources=resources).success
     assert dg.materialize(ASSETS, selection=ASSETS[2:3], instance=instance, resources=resources).success

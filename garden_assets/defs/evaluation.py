@@ -16,7 +16,7 @@ from ..llm.models import base_model_path, require_checkpoint, tuned_model_path
 from ..retrieval.store import DEFAULT_KEY
 from .finetune import BaseModel, base_model, dataset_dir, finetune_dataset, tuned_model
 from .index import EMBEDDING, IndexConfig, qa_index, store_for
-from .metadata import counts
+from .metadata import counts, markdown_table
 from .plots import png_markdown, pyplot
 from .resources import GardenPaths
 
@@ -132,8 +132,7 @@ def evaluation_answers(context: dg.AssetExecutionContext, config: EvalConfig, pa
     def load_generator(which: str) -> Generator:
         context.log.info(f"loading the {which} model from {models[which]} ({device}, {precision})")
         return Generator.load(models[which], device=device, precision=precision,
-                              batch_size=GENERATION.batch_size or 8, max_context_tokens=config.max_context_tokens,
-                              name=which)
+                              batch_size=GENERATION.batch_size or 8, max_context_tokens=config.max_context_tokens)
 
     @functools.cache
     def open_store(key: str):
@@ -210,9 +209,7 @@ def _tuned_vs_base_check(main: pl.DataFrame) -> dg.AssetCheckResult:
 
 
 def _markdown(table: pl.DataFrame) -> str:
-    with pl.Config(tbl_formatting="MARKDOWN", tbl_hide_column_data_types=True, tbl_hide_dataframe_shape=True,
-                   tbl_rows=-1, tbl_cols=-1, fmt_str_lengths=80, tbl_width_chars=65535):
-        return str(table.drop("sweep"))
+    return markdown_table(table.drop("sweep"))
 
 
 def _score_plot(main: pl.DataFrame) -> str:

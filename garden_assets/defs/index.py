@@ -9,7 +9,7 @@ from ..compute import ComputeSpec, load_profile
 from ..retrieval.metrics import evaluate_grid
 from ..retrieval.store import DEFAULT_KEY, open_store
 from ..settings import lance_storage_options
-from .metadata import counts
+from .metadata import counts, markdown_table
 from .plots import png_markdown, pyplot
 from .resources import GardenPaths
 
@@ -93,8 +93,7 @@ def retrieval_eval(config: RetrievalEvalConfig, qa_pairs: pl.DataFrame) -> dg.Ma
                         batch_size=EMBEDDING.batch_size or 32)
     rows = [r.to_dict() for r in evaluate_grid(qa_pairs, embedder, config.keys, config.modes)]
     table = pl.DataFrame(rows).select("key", "mode", "success_at_5", "mrr_at_10", "queries", "query_ms_p50")
-    with pl.Config(tbl_formatting="MARKDOWN", tbl_hide_column_data_types=True, tbl_hide_dataframe_shape=True):
-        md = str(table)
+    md = markdown_table(table)
     best = table.sort("success_at_5", descending=True).row(0, named=True)
     return dg.MaterializeResult(
         metadata={

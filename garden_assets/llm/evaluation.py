@@ -49,7 +49,6 @@ class EvalQuestion:
     instruction: str
     context: str
     references: list[str]
-    source_url: str = ""
 
 
 @dataclass
@@ -95,7 +94,7 @@ def load_test_questions(path: str | os.PathLike[str], limit: int | None = None) 
             except (ValueError, KeyError, TypeError) as e:
                 raise ValueError(f"{path}:{line_no}: not a test row with question_id/instruction/response ({e})") from None
             if qid not in by_id:
-                by_id[qid] = EvalQuestion(qid, instruction, str(row.get("context") or ""), [], row.get("source_url", ""))
+                by_id[qid] = EvalQuestion(qid, instruction, str(row.get("context") or ""), [])
             by_id[qid].references.append(response)
     questions = list(by_id.values())
     if not questions:

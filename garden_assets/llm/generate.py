@@ -12,7 +12,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from .prompts import END_KEY, extract_response
 
@@ -94,7 +94,6 @@ class Generation:
     """One generated answer. ``latency_s`` is the wall time of the batch it was generated in."""
 
     text: str  # the answer: after ``### Response:``, cut at ``### End``
-    raw: str
     prompt_tokens: int
     new_tokens: int
     latency_s: float
@@ -125,26 +124,23 @@ def _stop_at_end_marker(tokenizer, prompt_len: int, marker: str = END_KEY):
 class Generator:
     """A causal LM + tokenizer ready for batched generation."""
 
-    def __init__(self, model, tokenizer, *, batch_size: int = 8, max_context_tokens: int | None = None,
-                 name: str = "model") -> None:
+    def __init__(self, model, tokenizer, *, batch_size: int = 8, max_context_tokens: int | None = None) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = max(1, int(batch_size))
-        self.name = name
         config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
         window = getattr(config, "max_position_embeddings", None) or 2048
         self.context_window = min(window, max_context_tokens) if max_context_tokens else window
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], *, device: str = "cpu", precision: str = "fp32", batch_size: int = 8,
-             max_context_tokens: int | None = None, name: str | None = None) -> "Generator":
+             max_context_tokens: int | None = None) -> "Generator":
         from .models import load_causal_lm
 
         if not (Path(path) / "config.json").is_file():
             raise FileNotFoundError(f"no model checkpoint at {path} (no config.json)")
         model, tokenizer = load_causal_lm(path, device=device, precision=precision)
-        return cls(model, tokenizer, batch_size=batch_size, max_context_tokens=max_context_tokens,
-                   name=name or Path(path).name)
+        return cls(model, tokenizer, batch_size=batch_size, max_context_tokens=max_context_tokens)
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=True)["input_ids"])
@@ -153,8 +149,7 @@ class Generator:
         """Tokens a prompt may use so that ``max_new_tokens`` still fit in the context window."""
         return self.context_window - settings.max_new_tokens
 
-    def generate(self, prompts: Sequence[str], settings: GenerationSettings | None = None, *,
-                 progress: Callable[[int, int], None] | None = None) -> list[list[Generation]]:
+    def generate(self, prompts: Sequence[str], settings: GenerationSettings | None = None) -> list[list[Generation]]:
         """For each prompt, ``num_return_sequences`` generations (best first for beam search), in prompt order."""
         import torch
 
@@ -176,7 +171,6 @@ class Generator:
         results: list[list[Generation]] = [[] for _ in prompts]
         device = next(self.model.parameters()).device
         pad = self.tokenizer.pad_token_id
-        done = 0
         for start in range(0, len(order), self.batch_size):
             chunk = order[start:start + self.batch_size]
             width = max(len(encoded[i]) for i in chunk)
@@ -199,11 +193,8 @@ class Generator:
             n = settings.num_return_sequences
             for j, (text, length) in enumerate(zip(texts, lengths)):
                 i = chunk[j // n]
-                results[i].append(Generation(text=extract_response(text), raw=text, prompt_tokens=len(encoded[i]),
+                results[i].append(Generation(text=extract_response(text), prompt_tokens=len(encoded[i]),
                                              new_tokens=length, latency_s=seconds, batch_tokens_per_s=rate))
-            done += len(chunk)
-            if progress:
-                progress(done, len(prompts))
         return results
 
 
