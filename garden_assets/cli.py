@@ -53,26 +53,39 @@ def _eval_retrieval(args: argparse.Namespace) -> int:
     return 0
 
 
-GENERATION_FLAGS = ("max_new_tokens", "do_sample", "num_beams", "temperature", "top_p", "top_k",
-                    "repetition_penalty", "num_return_sequences", "seed")
+def _add_generation_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per `GenerationSettings` field (its type; unset flags keep the settings' defaults)."""
+    from .llm.generate import GenerationSettings
+
+    for f in dataclasses.fields(GenerationSettings):  # annotations are strings (from __future__ import annotations)
+        flag = "--" + f.name.replace("_", "-")
+        if f.type == "bool":
+            parser.add_argument(flag, action="store_true", default=None, help=f"(default: {f.default})")
+        else:
+            parser.add_argument(flag, type={"int": int, "float": float}[f.type], help=f"(default: {f.default})")
 
 
 def _ask(args: argparse.Namespace) -> int:
     from .compute import ComputeSpec, load_profile
     from .llm.generate import GenerationSettings, Generator
     from .llm.models import DEFAULT_BASE_MODEL, base_model_path, require_checkpoint, tuned_model_path
-    from .llm.rag import Assistant, Question, check_question
+    from .llm.rag import Assistant, Question, check_question, pasted_answer
     from .retrieval.store import open_store
     from .settings import garden_home, lance_storage_options, lance_uri
 
     try:
         question = check_question(args.question)
-        settings = GenerationSettings.from_dict({}, **{k: getattr(args, k) for k in GENERATION_FLAGS})
-        if args.model == "tuned":
+        settings = GenerationSettings.from_dict(
+            {}, **{f.name: getattr(args, f.name) for f in dataclasses.fields(GenerationSettings)})
+        if args.no_model:
+            path = None
+        elif args.model == "tuned":
             path = require_checkpoint(tuned_model_path(garden_home() / "finetune" / "tuned"), "tuned_model")
         else:
             spec = os.environ.get("GARDEN_BASE_MODEL", DEFAULT_BASE_MODEL)
             path = require_checkpoint(base_model_path(spec, garden_home() / "models"), "base_model")
+        if args.no_model and args.no_rag:
+            raise ValueError("--no-model pastes the top retrieved answer: it cannot go with --no-rag")
         store = None
         if not args.no_rag:
             store = open_store(lance_uri(), key=args.key, storage_options=lance_storage_options())
@@ -81,16 +94,21 @@ def _ask(args: argparse.Namespace) -> int:
                                         "qa_index asset first (make run)")
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"garden ask: {e}")
-    spec = load_profile(asset="generation", defaults=ComputeSpec(device="auto"))
-    generator = Generator.load(path, device=spec.resolve_device(), precision=spec.resolve_precision(),
-                               max_context_tokens=args.max_context_tokens)
+    label = "retrieved (no model)" if args.no_model else f"{args.model} model"
     try:
-        [answer] = Assistant(generator, store, k=args.k, mode=args.mode).ask(
-            [Question(question, args.context or "")], settings, rag=not args.no_rag)
+        if args.no_model:
+            answer = pasted_answer(store, Question(question, args.context or ""), k=args.k, mode=args.mode)
+        else:
+            spec = load_profile(asset="generation", defaults=ComputeSpec(device="auto"))
+            generator = Generator.load(path, device=spec.resolve_device(), precision=spec.resolve_precision(),
+                                       max_context_tokens=args.max_context_tokens)
+            [answer] = Assistant(generator, store, k=args.k, mode=args.mode).ask(
+                [Question(question, args.context or "")], settings, rag=not args.no_rag)
     except ValueError as e:
         raise SystemExit(f"garden ask: {e}")
     if args.json:
-        print(json.dumps({"model": args.model, "path": str(path), **answer.to_dict()}, default=str))
+        print(json.dumps({"model": None if args.no_model else args.model, "path": str(path) if path else None,
+                          **answer.to_dict()}, default=str))
         return 0
     print(answer.answer or "(the model wrote nothing before ### End)")
     for alt in answer.alternatives:
@@ -100,8 +118,9 @@ def _ask(args: argparse.Namespace) -> int:
         for i, s in enumerate(answer.sources, 1):
             print(f"  [{i}] {s.title} — {s.url}{' (trimmed to fit)' if s.trimmed else ''}")
     dropped = f", {answer.docs_dropped} dropped" if answer.docs_dropped else ""
-    print(f"\n({args.model} model{' + RAG' if answer.rag else ''}; {answer.new_tokens} new tokens in "
-          f"{answer.latency_s:.1f} s{dropped})", file=sys.stderr)
+    ending = "" if answer.ended else "; stopped at max_new_tokens"
+    print(f"\n({label}{' + RAG' if answer.rag and not args.no_model else ''}; {answer.new_tokens} new tokens in "
+          f"{answer.latency_s:.1f} s{dropped}{ending})", file=sys.stderr)
     return 0
 
 
@@ -131,20 +150,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("question")
     p.add_argument("--model", choices=["tuned", "base"], default="tuned")
     p.add_argument("--no-rag", action="store_true", help="answer from the model alone (no retrieval)")
+    p.add_argument("--no-model", action="store_true",
+                   help="no model: print the top retrieved answer as is (the evaluation's `retrieved` anchor)")
     p.add_argument("--k", type=int, default=3, help="documents to retrieve")
     p.add_argument("--mode", choices=["hybrid", "vector", "fts"], default="hybrid")
     p.add_argument("--key", choices=["answer", "question+answer"], default="question+answer")
     p.add_argument("--context", help="more detail about the question (the Input: block)")
     p.add_argument("--max-context-tokens", type=int, default=2048, help="prompt + answer window")
-    p.add_argument("--max-new-tokens", type=int)
-    p.add_argument("--do-sample", action="store_true", default=None)
-    p.add_argument("--num-beams", type=int)
-    p.add_argument("--temperature", type=float)
-    p.add_argument("--top-p", type=float)
-    p.add_argument("--top-k", type=int)
-    p.add_argument("--repetition-penalty", type=float)
-    p.add_argument("--num-return-sequences", type=int)
-    p.add_argument("--seed", type=int)
+    _add_generation_flags(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_ask)
 

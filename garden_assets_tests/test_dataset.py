@@ -19,6 +19,7 @@ from garden_assets.llm.dataset import (
 from garden_assets.llm.models import build_small_tokenizer
 from garden_assets.llm.prompts import dolly_completion, dolly_prompt
 
+PLAIN = {"valid_size": 0, "answer_tokens": None}  # whole answers, no valid split: row counts are the pairs'
 WORDS = "soil water tomato basil prune compost mulch seed leaf root sun shade frost pot bed weed slug aphid".split()
 
 
@@ -87,7 +88,7 @@ def test_every_row_too_long(tok):
 
 def test_long_rows_dropped_never_truncated(tok):
     pairs = make_pairs(30, words=(5, 200))
-    ds = build_finetune_dataset(pairs, tok, DatasetOptions(max_length=200, test_size=0))
+    ds = build_finetune_dataset(pairs, tok, DatasetOptions(max_length=200, test_size=0, **PLAIN))
     assert ds.stats.dropped_too_long > 0
     assert ds.stats.train_rows + ds.stats.dropped_too_long == 30
     assert all(r["n_tokens"] <= 200 for r in ds.train)
@@ -101,11 +102,11 @@ def test_long_rows_dropped_never_truncated(tok):
 
 
 def test_test_size_capped_at_20_percent(tok):
-    ds = build_finetune_dataset(make_pairs(50), tok, DatasetOptions(test_size=200))
+    ds = build_finetune_dataset(make_pairs(50), tok, DatasetOptions(test_size=200, **PLAIN))
     assert (ds.stats.train_rows, ds.stats.test_rows) == (40, 10)
     ds = build_finetune_dataset(make_pairs(50), tok, DatasetOptions(test_size=3))
     assert ds.stats.test_rows == 3
-    ds = build_finetune_dataset(make_pairs(3), tok)
+    ds = build_finetune_dataset(make_pairs(3), tok, DatasetOptions(**PLAIN))
     assert ds.stats.test_rows == 0 and ds.stats.train_rows == 3
 
 
@@ -137,7 +138,7 @@ def test_split_is_deterministic_and_stable(tok):
 def test_empty_answers_counted(tok):
     pairs = make_pairs(10).with_columns(
         pl.when(pl.col("question_id") < 103).then(pl.lit("  ")).otherwise(pl.col("response")).alias("response"))
-    ds = build_finetune_dataset(pairs, tok, DatasetOptions(test_size=0))
+    ds = build_finetune_dataset(pairs, tok, DatasetOptions(test_size=0, **PLAIN))
     assert ds.stats.dropped_empty == 3 and ds.stats.train_rows == 7
 
 
@@ -146,7 +147,7 @@ def test_files_written_atomically(tok, tmp_path):
     paths = write_dataset(ds, tmp_path / "ft")
     assert read_jsonl(paths["train"]) == ds.train and read_jsonl(paths["test"]) == ds.test
     assert json.loads(paths["stats"].read_text())["test_rows"] == 4
-    assert sorted(p.name for p in (tmp_path / "ft").iterdir()) == ["stats.json", "test.jsonl", "train.jsonl"]
+    assert sorted(p.name for p in (tmp_path / "ft").iterdir()) == ["stats.json", "test.jsonl", "train.jsonl", "valid.jsonl"]
 
     # a failure while writing leaves the previous file intact and no temporary behind
     def rows():
@@ -156,7 +157,7 @@ def test_files_written_atomically(tok, tmp_path):
     with pytest.raises(RuntimeError):
         write_jsonl_atomic(rows(), paths["train"])
     assert read_jsonl(paths["train"]) == ds.train
-    assert sorted(p.name for p in (tmp_path / "ft").iterdir()) == ["stats.json", "test.jsonl", "train.jsonl"]
+    assert sorted(p.name for p in (tmp_path / "ft").iterdir()) == ["stats.json", "test.jsonl", "train.jsonl", "valid.jsonl"]
 
 
 def test_bad_jsonl_names_the_line(tmp_path):
@@ -172,5 +173,66 @@ def test_prepare_in_one_call(tok, tmp_path):
 
     tok.save_pretrained(tmp_path / "base")
     paths, stats = prepare_finetune_dataset(make_pairs(20), tmp_path / "base", tmp_path / "ft",
-                                            DatasetOptions(test_size=2))
+                                            DatasetOptions(test_size=2, **PLAIN))
     assert stats.train_rows == 18 and len(read_jsonl(paths["train"])) == 18 and len(read_jsonl(paths["test"])) == 2
+
+
+@pytest.fixture(scope="module")
+def raft_store(tmp_path_factory):
+    """A real LanceDB index (pseudo-embeddings: retrieval mechanics, not semantics) over 40 questions × 2 answers."""
+    from garden_assets.retrieval.store import QAStore
+    from garden_assets.retrieval.testing import HashEmbedder
+
+    pairs = make_pairs(40, answers_per_question=2)
+    store = QAStore(tmp_path_factory.mktemp("raft") / "lancedb", HashEmbedder())
+    store.upsert(pairs)
+    store.ensure_indexes()
+    return pairs, store
+
+
+def test_raft_prompts_hold_passages_and_never_a_held_out_answer(tok, raft_store):
+    pairs, store = raft_store
+    options = DatasetOptions(answers="all", test_size=16, valid_size=8, rag_k=2, oracle_share=0.5, max_length=2048,
+                             answer_tokens=None, rag_mode="vector")
+    ds = build_finetune_dataset(pairs, tok, options, store)
+    assert ds.stats.rag_k == 2 and ds.stats.valid_rows == 8 and ds.stats.test_rows == 16
+    held_out = {r["question_id"] for r in ds.valid + ds.test}
+    leaks = pairs.filter(pl.col("question_id").is_in(list(held_out)))["response"].to_list()
+    for row in ds.train + ds.valid + ds.test:
+        assert row["prompt"].count("Knowing this context:") == 1 and row["passages"] == 2
+        own = pairs.filter(pl.col("answer_id") == row["answer_id"])["response"].item()
+        # no held-out answer in any prompt, except a held-out row never sees its own answer either
+        assert not [t for t in leaks if t in row["prompt"]]
+        assert (own in row["prompt"]) == row["oracle"]
+    oracle = [r["oracle"] for r in ds.train]
+    assert ds.stats.oracle_rows == sum(oracle) and 0.3 < sum(oracle) / len(oracle) < 0.7  # ≈ oracle_share
+    assert not any(r["oracle"] for r in ds.valid + ds.test)  # as in evaluation: distractors only
+    # the same prompt module as answering: a RAG prompt ends like every Dolly prompt
+    assert all(r["prompt"].endswith("### Response:\n") for r in ds.train)
+
+
+def test_raft_config_that_cannot_work_fails_before_anything_is_built(tok, raft_store, tmp_path):
+    from garden_assets.retrieval.store import QAStore
+    from garden_assets.retrieval.testing import HashEmbedder
+
+    pairs, _ = raft_store
+    small = QAStore(tmp_path / "lancedb", HashEmbedder())
+    small.upsert(make_pairs(3))
+    with pytest.raises(ValueError, match="more than 3 answers; qa_index holds 3"):
+        build_finetune_dataset(pairs, tok, DatasetOptions(rag_k=3), small)
+    with pytest.raises(ValueError, match="needs the qa_index"):
+        build_finetune_dataset(pairs, tok, DatasetOptions(rag_k=2))
+    for bad in ({"oracle_share": -0.1}, {"oracle_share": 1.5}, {"rag_k": -1}, {"answer_tokens": 0}):
+        with pytest.raises(ValueError):
+            DatasetOptions(**bad)
+
+
+def test_long_train_answers_keep_their_leading_sentences(tok):
+    from garden_assets.llm.dataset import leading_sentences
+
+    answer = "Water deeply once a week. Mulch keeps the soil moist. " * 20
+    lead = leading_sentences(answer, tok, 60)
+    assert lead and answer.startswith(lead) and lead.endswith(".")
+    assert len(tok(dolly_completion(lead), add_special_tokens=False)["input_ids"]) <= 60
+    assert leading_sentences("short answer.", tok, 60) == "short answer."
+    assert leading_sentences("x" * 500, tok, 60) is None  # no sentence fits: the row is dropped (counted)

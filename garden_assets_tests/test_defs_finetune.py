@@ -8,13 +8,13 @@ import json
 import dagster as dg
 import pytest
 
-from garden_assets.defs import finetune, posts
+from garden_assets.defs import finetune, index, posts
 from garden_assets.llm.models import tiny_random_model
 
 from .dagster_env import sample_env
 
-ASSETS = [posts.raw_posts, posts.clean_posts, posts.qa_pairs, finetune.base_model, finetune.finetune_dataset,
-          finetune.tuned_model]
+ASSETS = [posts.raw_posts, posts.clean_posts, posts.qa_pairs, index.qa_index, finetune.base_model,
+          finetune.finetune_dataset, finetune.tuned_model]
 FAST = {"ops": {"tuned_model": {"config": {"max_train_tokens": 3000, "eval_steps": 2, "save_steps": 2}},
                 "finetune_dataset": {"config": {"max_length": 384}}}}
 
@@ -29,13 +29,13 @@ def env(tmp_path, tiny):
     instance, resources = sample_env(tmp_path, base_model=str(tiny))
     assert dg.materialize(ASSETS, selection=ASSETS[:2], partition_key="sample-gardening", instance=instance,
                           resources=resources).success
-    assert dg.materialize(ASSETS, selection=ASSETS[2:3], instance=instance, resources=resources).success
+    assert dg.materialize(ASSETS, selection=ASSETS[2:4], instance=instance, resources=resources).success
     return instance, resources, tmp_path / "home"
 
 
 def test_finetune_path_trains_through_pipes_and_does_not_retrain(env):
     instance, resources, home = env
-    result = dg.materialize([*ASSETS, finetune.overfitting], selection=ASSETS[3:] + [finetune.overfitting],
+    result = dg.materialize([*ASSETS, finetune.overfitting], selection=ASSETS[4:] + [finetune.overfitting],
                             instance=instance, resources=resources, run_config=FAST)
     assert result.success
     data = result.asset_materializations_for_node("finetune_dataset")[0].metadata
@@ -60,16 +60,22 @@ def test_finetune_path_trains_through_pipes_and_does_not_retrain(env):
 
 def test_every_row_too_long_is_a_clear_failure_and_keeps_old_dataset(env):
     instance, resources, home = env
-    assert dg.materialize(ASSETS, selection=ASSETS[3:5], instance=instance, resources=resources,
+    assert dg.materialize(ASSETS, selection=ASSETS[4:6], instance=instance, resources=resources,
                           run_config={"ops": {"finetune_dataset": FAST["ops"]["finetune_dataset"]}}).success
     before = (home / "finetune/dataset/train.jsonl").read_bytes()
-    cfg = {"ops": {"finetune_dataset": {"config": {"max_length": 8}}}}
-    result = dg.materialize(ASSETS, selection=ASSETS[4:5], instance=instance, resources=resources,
-                            run_config=cfg, raise_on_error=False)
-    assert not result.success
-    failure = [e for e in result.all_events if e.is_step_failure][0]
-    assert "longer than max_length=8" in failure.step_failure_data.user_failure_data.description
+
+    def failure(asset, config: dict) -> str:
+        result = dg.materialize(ASSETS, selection=[asset], instance=instance, resources=resources,
+                                run_config={"ops": {asset.key.path[-1]: {"config": config}}}, raise_on_error=False)
+        assert not result.success
+        return [e for e in result.all_events if e.is_step_failure][0].step_failure_data.user_failure_data.description
+
+    assert "longer than max_length=8 tokens with its passages" in failure(finetune.finetune_dataset, {"max_length": 8})
+    assert "oracle_share must be in [0, 1]" in failure(finetune.finetune_dataset, {"oracle_share": 1.5})
     assert (home / "finetune/dataset/train.jsonl").read_bytes() == before
+    # a budget that cannot train fails before the trainer starts (no log is written)
+    assert "max_train_seconds must be > 0" in failure(finetune.tuned_model, {"max_train_seconds": 0})
+    assert not (home / "finetune/tuned/training_log.jsonl").exists()
 
 
 def test_message_reader_waits_for_whole_lines(tmp_path):

@@ -10,7 +10,9 @@ import polars as pl
 from ..compute import ComputeSpec, load_profile
 from ..llm.dataset import DatasetOptions, prepare_finetune_dataset
 from ..llm.models import DEFAULT_BASE_MODEL, resolve_base_model
-from ..training.config import demo_config
+from ..llm.rag import DEFAULT_RETRIEVAL
+from ..training.config import tune_config
+from .index import EMBEDDING, IndexConfig, qa_index, store_for
 from ..training.launch import plan_launch
 from .plots import png_markdown, pyplot
 from .resources import GardenPaths
@@ -46,36 +48,55 @@ def base_model(paths: GardenPaths, model: BaseModel) -> dg.MaterializeResult:
     )
 
 
+_DATASET = DatasetOptions()
+
+
 class DatasetConfig(dg.Config):
-    test_size: int = 200  # capped at 20 % of the rows
-    seed: int = 42
+    test_size: int = 200  # capped at max_test_fraction of the rows
+    max_test_fraction: float = _DATASET.max_test_fraction
+    valid_size: int = _DATASET.valid_size  # rows that pick the published checkpoint (eval loss)
+    seed: int = _DATASET.seed
     answers: str = "all"  # "accepted" (only accepted answers) or "all" (with min_answer_score)
     min_answer_score: int | None = None
-    max_length: int = 512  # tokens; longer rows are dropped and counted, never truncated
+    max_length: int = 768  # tokens; longer rows are dropped and counted, never truncated
+    rag_k: int = 2  # RAFT: passages retrieved into each training prompt (0: no context)
+    oracle_share: float = _DATASET.oracle_share  # train rows whose own answer is one of the passages
+    answer_tokens: int | None = _DATASET.answer_tokens  # longer train answers keep their leading sentences
     epochs: float = 1.0  # only for the tokens × epochs figure
+
+    def options(self) -> DatasetOptions:
+        return DatasetOptions(**self.model_dump(exclude={"epochs"}))
 
 
 @dg.asset(
     group_name="finetune",
     kinds={"json"},
-    deps=[base_model],
+    deps=[base_model, qa_index],
     automation_condition=dg.AutomationCondition.eager(),
-    description="Dolly-format train.jsonl / test.jsonl (prompt, completion, n_tokens) from qa_pairs.",
+    description="Dolly-format train/valid/test.jsonl (prompt, completion, n_tokens) from qa_pairs; RAFT prompts "
+                "with passages retrieved from qa_index (never from a held-out question).",
 )
 def finetune_dataset(config: DatasetConfig, paths: GardenPaths, model: BaseModel, qa_pairs: pl.DataFrame) -> dg.MaterializeResult:
-    options = DatasetOptions(test_size=config.test_size, seed=config.seed, answers=config.answers,
-                             min_answer_score=config.min_answer_score, max_length=config.max_length)
     try:
-        files, stats = prepare_finetune_dataset(qa_pairs, model.resolve(paths).path, dataset_dir(paths), options)
-    except ValueError as e:  # no pairs / every row too long: say so, keep the previous dataset
-        raise dg.Failure(description=str(e)) from None
-    digest = _digest(files["train"], files["test"])
+        options = config.options()
+        store = None
+        if options.rag_k:
+            store = store_for(paths, IndexConfig(key=DEFAULT_RETRIEVAL.key), EMBEDDING)
+            if store.open() is None:
+                raise ValueError(f"rag_k={options.rag_k} needs qa_index (key {DEFAULT_RETRIEVAL.key!r}): "
+                                 "materialize qa_index first")
+        files, stats = prepare_finetune_dataset(qa_pairs, model.resolve(paths).path, dataset_dir(paths), options,
+                                                store)
+    except ValueError as e:  # bad config / no pairs / every row too long: say so, keep the previous dataset
+        raise dg.Failure(description=f"finetune_dataset: {e}") from None
+    digest = _digest(files["train"], files["valid"], files["test"])
     hist = stats.length_histogram
     return dg.MaterializeResult(
         metadata={
             **{k: dg.MetadataValue.int(int(getattr(stats, k))) for k in (
-                "rows_in", "rows_selected", "dropped_empty", "dropped_too_long", "train_rows", "test_rows",
-                "train_tokens", "test_tokens", "longest")},
+                "rows_in", "rows_selected", "dropped_empty", "dropped_too_long", "answers_shortened",
+                "dropped_long_answer", "train_rows", "valid_rows", "test_rows", "train_tokens", "test_tokens",
+                "longest", "rag_k", "oracle_rows")},
             "tokens_x_epochs": dg.MetadataValue.int(int(stats.train_tokens * config.epochs)),
             "path": dg.MetadataValue.path(str(dataset_dir(paths))),
             "length_histogram": dg.MetadataValue.md(_histogram_png(hist)) if hist else "",
@@ -99,12 +120,15 @@ def _digest(*files: Path) -> str:
 
 class TuneConfig(dg.Config):
     method: str = "lora"  # lora | full
-    max_train_tokens: int | None = 15_000  # the CPU demo budget (≈ 5 min with Gemma 270M); None: full epochs
-    epochs: float = 1.0
+    # the CPU demo is a time budget (faster code trains more); on a GPU the default is the whole dataset × epochs
+    max_train_seconds: float | None = None  # None: CPU_DEMO_SECONDS on CPU, no limit on a GPU
+    max_train_tokens: int | None = None
+    epochs: float | None = None  # None: CPU_DEMO_EPOCHS on CPU (the time budget ends it first), 1 on a GPU
     learning_rate: float | None = None
+    lora_r: int | None = None
+    lora_targets: list[str] | None = None
     eval_steps: int = 10
     save_steps: int = 10
-    max_length: int = 512
 
 
 @dg.asset(
@@ -123,10 +147,11 @@ def tuned_model(
 ) -> dg.MaterializeResult:
     data = dataset_dir(paths)
     out = paths.home_path / "finetune" / "tuned"
-    cfg = demo_config(data / "train.jsonl", model.resolve(paths).path, out, test_file=data / "test.jsonl",
-                      method=config.method, max_train_tokens=config.max_train_tokens, epochs=config.epochs,
-                      learning_rate=config.learning_rate, eval_steps=config.eval_steps, save_steps=config.save_steps,
-                      max_length=config.max_length)
+    try:
+        cfg = tune_config(TRAINING.resolve_device(), data / "train.jsonl", model.resolve(paths).path, out,
+                          test_file=data / "valid.jsonl", **config.model_dump())
+    except ValueError as e:  # a budget of 0, a bad method: before any training starts
+        raise dg.Failure(description=f"tuned_model: {e}") from None
     plan = plan_launch(TRAINING, cfg)
     context.log.info(f"launching ({plan.launcher}, {plan.num_processes} process(es)): {' '.join(plan.command)}")
     result = pipes_subprocess_client.run(

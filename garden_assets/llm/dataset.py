@@ -1,9 +1,15 @@
-"""Finetune dataset: ``qa_pairs`` → Dolly-format train/test rows with token counts.
+"""Finetune dataset: ``qa_pairs`` → Dolly-format train/valid/test rows with token counts.
 
 Rows longer than ``max_length`` tokens (prompt + completion + EOS, in the base model's tokenizer) are dropped
-and counted, never truncated. The train/test split is by question (no question in both) and stable: a question
-is held out when its seeded hash ranks among the smallest, so new drops change the test set only by new
-questions.
+and counted, never truncated. The split is by question (no question in two splits) and stable: a question is
+held out when its seeded hash ranks among the smallest (test first, then valid — the rows that pick the published
+checkpoint), so new drops change the held-out sets only by new questions.
+
+RAFT-style prompts (``rag_k > 0``, Zhang et al. 2024, "RAFT: Adapting Language Model to Domain Specific RAG"):
+each prompt holds ``rag_k`` passages retrieved for the question, built by `rag.fit_rag_prompt` exactly as
+answering builds them. In a share ``oracle_share`` of train rows the row's own answer is one of the passages (at
+a seeded random place); the other rows — and every valid/test row, as in evaluation — get distractors only:
+answers to *other* questions, never to a held-out one (no test answer leaks into training).
 """
 
 from __future__ import annotations
@@ -11,12 +17,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Literal, Sequence
 
+from garden_assets.llm.generate import GenerationSettings
+from garden_assets.llm.metrics import sentences
 from garden_assets.llm.prompts import dolly_completion, dolly_prompt
+from garden_assets.llm.rag import DEFAULT_RETRIEVAL, Question, exclusion_filter, fit_rag_prompt
 
 ROW_COLUMNS = ("instruction", "context", "response", "category", "prompt", "completion", "n_tokens")
 ID_COLUMNS = ("question_id", "answer_id", "source_url")
@@ -35,14 +45,27 @@ class DatasetOptions:
     answers: Literal["accepted", "all"] = "accepted"
     min_answer_score: int | None = None
     max_length: int = 1024
+    valid_size: int = 24  # held-out rows (capped at max_test_fraction of the rest) that pick the best checkpoint
+    rag_k: int = 0  # passages per prompt (RAFT); 0: the plain Dolly prompt
+    oracle_share: float = 0.8  # train rows whose own answer is among the passages (the RAFT paper's ≈ 80 %)
+    rag_mode: str = DEFAULT_RETRIEVAL.mode
+    # train/valid answers longer than this keep their leading sentences that fit, so the model learns to finish
+    # within the generation budget it gets (test rows keep whole answers: they are the references). None: whole.
+    answer_tokens: int | None = GenerationSettings().max_new_tokens
 
     def __post_init__(self) -> None:
         if self.answers not in ("accepted", "all"):
             raise ValueError(f"answers must be 'accepted' or 'all', got {self.answers!r}")
-        if self.test_size < 0 or not 0 <= self.max_test_fraction < 1:
-            raise ValueError("test_size must be ≥ 0 and max_test_fraction in [0, 1)")
+        if self.test_size < 0 or self.valid_size < 0 or not 0 <= self.max_test_fraction < 1:
+            raise ValueError("test_size and valid_size must be ≥ 0 and max_test_fraction in [0, 1)")
         if self.max_length < 8:
             raise ValueError(f"max_length must be ≥ 8 tokens, got {self.max_length}")
+        if not isinstance(self.rag_k, int) or not 0 <= self.rag_k <= 50:
+            raise ValueError(f"rag_k must be 0..50 passages, got {self.rag_k!r}")
+        if self.answer_tokens is not None and self.answer_tokens < 8:
+            raise ValueError(f"answer_tokens must be ≥ 8 (None: whole answers), got {self.answer_tokens!r}")
+        if not 0 <= self.oracle_share <= 1:
+            raise ValueError(f"oracle_share must be in [0, 1], got {self.oracle_share!r}")
 
 
 @dataclass
@@ -51,12 +74,17 @@ class DatasetStats:
     rows_selected: int
     dropped_empty: int
     dropped_too_long: int
+    answers_shortened: int  # train/valid answers cut to their leading sentences (answer_tokens)
+    dropped_long_answer: int  # train/valid answers whose first sentence alone exceeds answer_tokens
     train_rows: int
+    valid_rows: int
     test_rows: int
     train_tokens: int
     test_tokens: int
     max_length: int
     longest: int
+    rag_k: int = 0
+    oracle_rows: int = 0  # train rows whose own answer is among their passages
     length_histogram: dict[str, list[int]] = field(default_factory=dict)  # bin_edges, train, test, dropped
 
     def to_metadata(self) -> dict[str, Any]:
@@ -66,6 +94,7 @@ class DatasetStats:
 @dataclass
 class FinetuneDataset:
     train: list[dict[str, Any]]
+    valid: list[dict[str, Any]]
     test: list[dict[str, Any]]
     stats: DatasetStats
 
@@ -105,15 +134,22 @@ def select_pairs(qa_pairs, options: DatasetOptions):
     return frame.sort(["question_id", "answer_id"])
 
 
-def build_finetune_dataset(qa_pairs, tokenizer, options: DatasetOptions | None = None) -> FinetuneDataset:
+def build_finetune_dataset(qa_pairs, tokenizer, options: DatasetOptions | None = None, store=None) -> FinetuneDataset:
     """Rows with ``instruction, context, response, category, prompt, completion, n_tokens`` (+ ids), split.
 
-    Raises ValueError when there are no pairs, none pass the answer filter, or every row is too long.
+    ``store``: the `QAStore` the RAFT passages come from (needed when ``rag_k > 0``). Raises ValueError when there
+    are no pairs, none pass the answer filter, the index is smaller than ``rag_k``, or every row is too long.
     """
     options = options or DatasetOptions()
     rows_in = qa_pairs.height
     if rows_in == 0:
         raise ValueError("qa_pairs is empty: no Q/A pairs to build a finetune dataset from")
+    if options.rag_k:
+        if store is None:
+            raise ValueError(f"rag_k={options.rag_k} needs the qa_index to retrieve passages from")
+        if store.count() < options.rag_k + 1:
+            raise ValueError(f"rag_k={options.rag_k} passages need an index of more than {options.rag_k} answers; "
+                             f"qa_index holds {store.count()}")
     frame = select_pairs(qa_pairs, options)
     if frame.height == 0:
         raise ValueError(
@@ -129,55 +165,129 @@ def build_finetune_dataset(qa_pairs, tokenizer, options: DatasetOptions | None =
         if not instruction or not response:
             dropped_empty += 1
             continue
-        context = (rec["context"] or "").strip()
-        rows.append(
-            {
-                "instruction": instruction,
-                "context": context,
-                "response": response,
-                "category": rec.get("category") or "closed_qa",
-                "prompt": dolly_prompt(instruction, context),
-                "completion": dolly_completion(response),
-                "question_id": int(rec["question_id"]),
-                "answer_id": int(rec["answer_id"]),
-                "source_url": rec.get("source_url") or "",
-            }
-        )
+        rows.append({
+            "instruction": instruction, "context": (rec["context"] or "").strip(), "response": response,
+            "category": rec.get("category") or "closed_qa", "completion": dolly_completion(response),
+            "question_id": int(rec["question_id"]), "answer_id": int(rec["answer_id"]),
+            "source_url": rec.get("source_url") or "",
+        })
     if not rows:
         raise ValueError(f"all {frame.height} selected Q/A pairs have an empty title or answer")
 
-    encoded = encode_examples(tokenizer, [r["prompt"] for r in rows], [r["completion"] for r in rows])
-    kept: list[dict[str, Any]] = []
+    train, test = split_by_question(rows, options)
+    train, valid = split_by_question(train, replace(options, test_size=options.valid_size))
+    held_out = {r["question_id"] for r in valid + test}
+    shortened = dropped_long_answer = 0
+    if options.answer_tokens is not None:
+        fitted: dict[str, list] = {"train": [], "valid": []}
+        for name, rows_of in (("train", train), ("valid", valid)):
+            for r in rows_of:
+                lead = leading_sentences(r["response"], tokenizer, options.answer_tokens)
+                if lead is None:
+                    dropped_long_answer += 1
+                    continue
+                if lead != r["response"]:
+                    r["completion"] = dolly_completion(lead)
+                    shortened += 1
+                fitted[name].append(r)
+        train, valid = fitted["train"], fitted["valid"]
+    for split, rows_of in (("train", train), ("valid", valid), ("test", test)):
+        add_prompts(rows_of, tokenizer, options, store, held_out, oracle=split == "train")
+
     dropped_lengths: list[int] = []
-    for row, (ids, _) in zip(rows, encoded):
-        if len(ids) > options.max_length:
-            dropped_lengths.append(len(ids))
-        else:
-            row["n_tokens"] = len(ids)
-            kept.append(row)
+    kept_splits = []
+    for rows_of in (train, valid, test):
+        kept = []
+        for row, (ids, _) in zip(rows_of, encode_examples(tokenizer, [r["prompt"] for r in rows_of],
+                                                          [r["completion"] for r in rows_of])):
+            if len(ids) > options.max_length:
+                dropped_lengths.append(len(ids))
+            else:
+                row["n_tokens"] = len(ids)
+                kept.append(row)
+        kept_splits.append(kept)
+    train, valid, test = kept_splits
+    kept = train + valid + test
     if not kept:
         raise ValueError(
             f"every one of the {len(rows)} rows is longer than max_length={options.max_length} tokens "
-            f"(shortest: {min(dropped_lengths)}); raise max_length"
+            f"{'with its passages ' if options.rag_k else ''}(shortest: {min(dropped_lengths)}); raise max_length"
         )
-
-    train, test = split_by_question(kept, options)
+    if not train:
+        raise ValueError(f"no train row fits max_length={options.max_length} tokens; raise max_length")
     stats = DatasetStats(
         rows_in=rows_in,
         rows_selected=frame.height,
         dropped_empty=dropped_empty,
         dropped_too_long=len(dropped_lengths),
+        answers_shortened=shortened,
+        dropped_long_answer=dropped_long_answer,
         train_rows=len(train),
+        valid_rows=len(valid),
         test_rows=len(test),
         train_tokens=sum(r["n_tokens"] for r in train),
         test_tokens=sum(r["n_tokens"] for r in test),
         max_length=options.max_length,
         longest=max(r["n_tokens"] for r in kept),
+        rag_k=options.rag_k,
+        oracle_rows=sum(bool(r.get("oracle")) for r in train),
         length_histogram=length_histogram(
             [r["n_tokens"] for r in train], [r["n_tokens"] for r in test], dropped_lengths, options.max_length
         ),
     )
-    return FinetuneDataset(train=train, test=test, stats=stats)
+    return FinetuneDataset(train=train, valid=valid, test=test, stats=stats)
+
+
+def leading_sentences(answer: str, tokenizer, max_tokens: int) -> str | None:
+    """``answer`` if its completion (end marker included) is within ``max_tokens`` tokens, else its longest run of
+    leading sentences that is; None when even the first sentence is too long."""
+    def fits(text: str) -> bool:
+        return len(tokenizer(dolly_completion(text), add_special_tokens=False)["input_ids"]) <= max_tokens
+
+    if fits(answer):
+        return answer
+    parts, best = sentences(answer, min_words=1), None
+    for n in range(1, len(parts) + 1):
+        if not fits(" ".join(parts[:n])):
+            break
+        best = " ".join(parts[:n])
+    return best
+
+
+def add_prompts(rows: list[dict[str, Any]], tokenizer, options: DatasetOptions, store, held_out: set[int], *,
+                oracle: bool) -> None:
+    """Set each row's ``prompt``: plain Dolly, or (``rag_k``) a RAG prompt fitted by `fit_rag_prompt` into what
+    ``max_length`` leaves after the completion, with the row's own answer as one passage when ``oracle`` and the
+    row's seeded draw falls under ``oracle_share``."""
+    if not options.rag_k:
+        for r in rows:
+            r["prompt"] = dolly_prompt(r["instruction"], r["context"])
+        return
+    from garden_assets.retrieval.search import Hit
+
+    def count(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=True)["input_ids"])
+
+    vectors = store.embedder.embed([r["instruction"] for r in rows]) if rows else []
+    for r, vector in zip(rows, vectors):
+        rng = random.Random(f"{options.seed}:{r['answer_id']}")
+        with_oracle = oracle and rng.random() < options.oracle_share
+        hits = store.search(r["instruction"], k=options.rag_k, mode=options.rag_mode, vector=vector,
+                            where=exclusion_filter(held_out | {r["question_id"]}))
+        if with_oracle:
+            own = Hit(r["answer_id"], r["question_id"], r["instruction"], r["response"], r["source_url"], True, 0, 1.0)
+            hits = hits[: options.rag_k - 1]
+            hits.insert(rng.randrange(len(hits) + 1), own)
+        completion = len(tokenizer(r["completion"], add_special_tokens=False)["input_ids"])
+        room = options.max_length - completion - 1  # the EOS after the completion
+        question = Question(r["instruction"], r["context"])
+        try:
+            fitted = fit_rag_prompt(question, hits, count, room, tokenizer=tokenizer)
+        except ValueError:  # the bare question does not fit: keep it whole, the length filter drops the row
+            r.update(prompt=dolly_prompt(r["instruction"], r["context"]), passages=0, oracle=False)
+            continue
+        r.update(prompt=fitted.prompt, passages=len(fitted.sources),
+                 oracle=any(s.answer_id == r["answer_id"] for s in fitted.sources))
 
 
 def split_by_question(rows: list[dict[str, Any]], options: DatasetOptions) -> tuple[list[dict], list[dict]]:
@@ -238,10 +348,8 @@ def write_jsonl_atomic(rows: Iterable[dict[str, Any]], path: str | os.PathLike[s
 def write_dataset(dataset: FinetuneDataset, out_dir: str | os.PathLike[str]) -> dict[str, Path]:
     """``train.jsonl``, ``test.jsonl`` and ``stats.json`` in ``out_dir``, each written atomically."""
     out = Path(out_dir)
-    paths = {
-        "train": write_jsonl_atomic(dataset.train, out / "train.jsonl"),
-        "test": write_jsonl_atomic(dataset.test, out / "test.jsonl"),
-    }
+    paths = {split: write_jsonl_atomic(getattr(dataset, split), out / f"{split}.jsonl")
+             for split in ("train", "valid", "test")}
     stats_tmp = out / ".stats.json.tmp"
     stats_tmp.write_text(json.dumps(dataset.stats.to_metadata(), indent=2))
     os.replace(stats_tmp, out / "stats.json")
@@ -250,12 +358,13 @@ def write_dataset(dataset: FinetuneDataset, out_dir: str | os.PathLike[str]) -> 
 
 
 def prepare_finetune_dataset(
-    qa_pairs, base_model: str | os.PathLike[str], out_dir: str | os.PathLike[str], options: DatasetOptions | None = None
+    qa_pairs, base_model: str | os.PathLike[str], out_dir: str | os.PathLike[str], options: DatasetOptions | None = None,
+    store=None,
 ) -> tuple[dict[str, Path], DatasetStats]:
     """The ``finetune_dataset`` asset in one call: tokenizer of ``base_model`` (a checkpoint dir), build, write."""
     from garden_assets.llm.models import load_tokenizer
 
-    dataset = build_finetune_dataset(qa_pairs, load_tokenizer(base_model), options)
+    dataset = build_finetune_dataset(qa_pairs, load_tokenizer(base_model), options, store)
     return write_dataset(dataset, out_dir), dataset.stats
 
 

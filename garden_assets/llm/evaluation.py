@@ -1,6 +1,8 @@
 """Answer held-out questions every way the talk compares and score them against the reference answers.
 
-Variants: ``base``, ``base+rag``, ``tuned``, ``tuned+rag``. Sweeps add rows: generation settings (one row per
+Variants: ``retrieved`` (the top retrieved answer pasted as is — no model: the honest anchor), ``base``,
+``base+rag``, ``tuned``, ``tuned+rag``. Every answer is also checked for hygiene: did it end by itself, how much
+of it repeats (4-grams), and how much of it its cited sources support (`metrics.faithfulness`). Sweeps add rows: generation settings (one row per
 setting, on one variant) and retrieval settings (k, key, mode) on one RAG variant — the talk's "Generation
 Tuning" and "Database Search Tuning" tables. Each model is loaded once; each (variant, setting) is one batched
 generation over all questions. Retrieval skips the held-out question's own answers (they are its references).
@@ -11,36 +13,37 @@ from __future__ import annotations
 import json
 import os
 import statistics
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import polars as pl
 
-from ..retrieval.embedder import KEYS
-from ..retrieval.search import check_mode
 from .generate import GenerationSettings, Generator
-from .metrics import rouge_l, token_f1
-from .rag import Assistant, Question
+from .metrics import faithfulness, repeated_ngram_share, rouge_l, token_f1
+from .rag import Answer, Assistant, Question, RetrievalSetting, pasted_answer
 
-VARIANTS = ("base", "base+rag", "tuned", "tuned+rag")
+VARIANTS = ("retrieved", "base", "base+rag", "tuned", "tuned+rag")
+ROWS_VERSION = 2  # bump when a row's columns or a metric's definition change: cached answers are then redone
 
 
 @dataclass(frozen=True)
-class RetrievalSetting:
-    k: int = 3
-    key: str = "question+answer"
-    mode: str = "hybrid"
+class Variant:
+    """A variant name parsed once: which model answers (None: no model, the pasted top hit) and whether it retrieves."""
 
-    def __post_init__(self) -> None:
-        if not isinstance(self.k, int) or not 1 <= self.k <= 50:
-            raise ValueError(f"retrieval k must be 1..50, got {self.k!r}")
-        if self.key not in KEYS:
-            raise ValueError(f"retrieval key must be one of {KEYS}, got {self.key!r}")
-        check_mode(self.mode)
+    name: str
+    model: str | None
+    rag: bool
 
-    def label(self) -> str:
-        return f"k={self.k}, {self.key}, {self.mode}"
+    @classmethod
+    def parse(cls, name: str) -> "Variant":
+        if name not in VARIANTS:
+            raise ValueError(f"variant must be one of {VARIANTS}, got {name!r}")
+        if name == "retrieved":
+            return cls(name, None, True)
+        model, _, rag = name.partition("+")
+        return cls(name, model, rag == "rag")
 
 
 @dataclass
@@ -63,19 +66,28 @@ class EvalPlan:
 
     def __post_init__(self) -> None:
         for v in [*self.variants, self.generation_sweep_variant, self.retrieval_sweep_variant]:
-            if v not in VARIANTS:
-                raise ValueError(f"variant must be one of {VARIANTS}, got {v!r}")
-        if self.retrieval_sweep and not self.retrieval_sweep_variant.endswith("+rag"):
+            Variant.parse(v)
+        if self.generation_sweep and Variant.parse(self.generation_sweep_variant).model is None:
+            raise ValueError("the generation sweep needs a model variant, not 'retrieved'")
+        if self.retrieval_sweep and not Variant.parse(self.retrieval_sweep_variant).rag:
             raise ValueError(f"the retrieval sweep needs a +rag variant, got {self.retrieval_sweep_variant!r}")
 
-    def jobs(self) -> Iterator[tuple[str, str, GenerationSettings, RetrievalSetting]]:
+    def jobs(self) -> Iterator[tuple[str, Variant, GenerationSettings, RetrievalSetting]]:
         """``(sweep, variant, settings, retrieval)`` for every batch of answers to produce."""
         for v in self.variants:
-            yield "main", v, self.settings, self.retrieval
+            yield "main", Variant.parse(v), self.settings, self.retrieval
         for s in self.generation_sweep:
-            yield "generation", self.generation_sweep_variant, s, self.retrieval
+            yield "generation", Variant.parse(self.generation_sweep_variant), s, self.retrieval
         for r in self.retrieval_sweep:
-            yield "retrieval", self.retrieval_sweep_variant, self.settings, r
+            yield "retrieval", Variant.parse(self.retrieval_sweep_variant), self.settings, r
+
+    def models(self) -> list[str]:
+        """The checkpoints the jobs need (``base``, ``tuned``)."""
+        return sorted({v.model for _, v, _, _ in self.jobs() if v.model})
+
+    def rag_keys(self) -> list[str]:
+        """The index tables the jobs search."""
+        return sorted({r.key for _, v, _, r in self.jobs() if v.rag})
 
 
 def load_test_questions(path: str | os.PathLike[str], limit: int | None = None) -> list[EvalQuestion]:
@@ -117,47 +129,76 @@ def run_evaluation(
     rows: list[dict] = []
     asked = [Question(q.instruction, q.context) for q in questions]
     exclude = [q.question_id for q in questions]
-    for model in ("base", "tuned"):
-        mine = [j for j in jobs if j[1].split("+")[0] == model]
-        if not mine:
-            continue
+
+    def store_of(variant: Variant, retrieval: RetrievalSetting):
+        if not variant.rag:
+            return None
+        if retrieval.key not in stores:
+            stores[retrieval.key] = open_store(retrieval.key)
+        return stores[retrieval.key]
+
+    def record(sweep, variant: Variant, settings, retrieval, answers: list[Answer], began: float) -> None:
+        seconds = round(time.perf_counter() - began, 2)
+        store = store_of(variant, retrieval)
+        for q, a in zip(questions, answers):
+            rows.append({**answer_row(sweep, variant, settings, retrieval, q, a, store), "job_seconds": seconds})
+        mean = statistics.fmean(x["token_f1"] for x in rows[-len(answers):])
+        log(f"{sweep}: {variant.name} [{'' if variant.model is None else settings.label()}"
+            f"{'; ' + retrieval.label() if variant.rag else ''}] token F1 {mean:.3f} over {len(answers)} questions")
+
+    for sweep, variant, settings, retrieval in jobs:  # no model: the pasted top hit
+        if variant.model is None:
+            began, store = time.perf_counter(), store_of(variant, retrieval)
+            record(sweep, variant, settings, retrieval, [
+                pasted_answer(store, q, k=retrieval.k, mode=retrieval.mode, exclude=[qid])
+                for q, qid in zip(asked, exclude)], began)
+    for model in plan.models():
         generator = load_generator(model)
-        for sweep, variant, settings, retrieval in mine:
-            rag = variant.endswith("+rag")
-            store = None
-            if rag:
-                if retrieval.key not in stores:
-                    stores[retrieval.key] = open_store(retrieval.key)
-                store = stores[retrieval.key]
-            assistant = Assistant(generator, store, k=retrieval.k, mode=retrieval.mode)
-            answers = assistant.ask(asked, settings, rag=rag, exclude_question_ids=exclude)
-            for q, a in zip(questions, answers):
-                r, f = score(a.answer, q.references)
-                rows.append({
-                    "sweep": sweep, "variant": variant, "setting": settings.label(),
-                    "retrieval": retrieval.label() if rag else "", "question_id": q.question_id,
-                    "question": q.instruction, "reference": q.references[0], "answer": a.answer,
-                    "sources": [s.url for s in a.sources], "source_ids": [s.answer_id for s in a.sources],
-                    "rouge_l": round(r, 4), "token_f1": round(f, 4), "latency_s": a.latency_s,
-                    "new_tokens": a.new_tokens, "prompt_tokens": a.prompt_tokens,
-                    "tokens_per_s": a.batch_tokens_per_s, "docs_trimmed": a.docs_trimmed, "docs_dropped": a.docs_dropped,
-                })
-            mean = statistics.fmean(x["rouge_l"] for x in rows[-len(answers):])
-            log(f"{sweep}: {variant} [{settings.label()}{'; ' + retrieval.label() if rag else ''}] "
-                f"ROUGE-L {mean:.3f} over {len(answers)} questions")
+        for sweep, variant, settings, retrieval in jobs:
+            if variant.model != model:
+                continue
+            began = time.perf_counter()
+            assistant = Assistant(generator, store_of(variant, retrieval), k=retrieval.k, mode=retrieval.mode)
+            record(sweep, variant, settings, retrieval,
+                   assistant.ask(asked, settings, rag=variant.rag, exclude_question_ids=exclude), began)
         del generator
-    return pl.DataFrame(rows, schema_overrides={"sources": pl.List(pl.String), "source_ids": pl.List(pl.Int64)})
+    return pl.DataFrame(rows, schema_overrides={"sources": pl.List(pl.String), "source_ids": pl.List(pl.Int64),
+                                                "faithfulness": pl.Float64})
+
+
+def answer_row(sweep: str, variant: Variant, settings: GenerationSettings, retrieval: RetrievalSetting,
+               q: EvalQuestion, a: Answer, store) -> dict:
+    """One scored answer: reference scores, hygiene (ended, repeated 4-grams) and faithfulness to its sources."""
+    r, f = score(a.answer, q.references)
+    faithful = faithfulness(a.answer, a.passages, store.embedder.embed) if store is not None else None
+    return {
+        "sweep": sweep, "variant": variant.name, "setting": settings.label() if variant.model else "",
+        "retrieval": retrieval.label() if variant.rag else "", "question_id": q.question_id,
+        "question": q.instruction, "reference": q.references[0], "answer": a.answer,
+        "sources": [s.url for s in a.sources], "source_ids": [s.answer_id for s in a.sources],
+        "rouge_l": round(r, 4), "token_f1": round(f, 4), "ended": a.ended,
+        "repeated_4grams": round(repeated_ngram_share(a.answer, 4), 4),
+        "faithfulness": None if faithful is None else round(faithful, 4),
+        "latency_s": a.latency_s, "new_tokens": a.new_tokens, "prompt_tokens": a.prompt_tokens,
+        "tokens_per_s": a.batch_tokens_per_s, "docs_trimmed": a.docs_trimmed, "docs_dropped": a.docs_dropped,
+    }
 
 
 def summarize(rows: pl.DataFrame) -> pl.DataFrame:
-    """One line per (sweep, variant, setting, retrieval) with mean scores, p50 latency and tokens/s."""
+    """One line per (sweep, variant, setting, retrieval): mean scores, share of answers that ended by themselves,
+    mean share of repeated 4-grams, mean faithfulness (RAG variants), p50 latency, tokens/s and the wall seconds
+    of the whole batch of answers."""
     return (
         rows.group_by("sweep", "variant", "setting", "retrieval", maintain_order=True)
         .agg(
             pl.len().alias("questions"),
             pl.col("rouge_l").mean().round(4),
             pl.col("token_f1").mean().round(4),
+            pl.col("ended").mean().round(3),
+            pl.col("repeated_4grams").mean().round(4),
+            pl.col("faithfulness").mean().round(3),
             pl.col("latency_s").median().round(2).alias("latency_p50_s"),
+            pl.col("job_seconds").first().alias("seconds"),
             pl.col("tokens_per_s").mean().round(1),
             pl.col("new_tokens").mean().round(1).alias("new_tokens_mean"),
             pl.col("docs_trimmed").sum(),

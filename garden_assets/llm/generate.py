@@ -30,6 +30,7 @@ class GenerationSettings:
     top_p: float = 1.0
     top_k: int = 50
     repetition_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0  # > 0: no token n-gram of this size occurs twice in an answer
     num_return_sequences: int = 1
     seed: int = 0  # for do_sample
 
@@ -45,6 +46,8 @@ class GenerationSettings:
         need(0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p!r}")
         need(isinstance(self.top_k, int) and self.top_k >= 0, f"top_k must be an int ≥ 0, got {self.top_k!r}")
         need(0 < self.repetition_penalty <= 10, f"repetition_penalty must be in (0, 10], got {self.repetition_penalty!r}")
+        need(isinstance(self.no_repeat_ngram_size, int) and 0 <= self.no_repeat_ngram_size <= 64,
+             f"no_repeat_ngram_size must be 0..64, got {self.no_repeat_ngram_size!r}")
         need(isinstance(self.num_return_sequences, int) and self.num_return_sequences >= 1,
              f"num_return_sequences must be ≥ 1, got {self.num_return_sequences!r}")
         need(self.do_sample or self.num_return_sequences <= self.num_beams,
@@ -79,7 +82,8 @@ class GenerationSettings:
 
         kwargs: dict[str, Any] = dict(
             max_new_tokens=self.max_new_tokens, num_beams=self.num_beams, do_sample=self.do_sample,
-            repetition_penalty=self.repetition_penalty, num_return_sequences=self.num_return_sequences,
+            repetition_penalty=self.repetition_penalty, no_repeat_ngram_size=self.no_repeat_ngram_size,
+            num_return_sequences=self.num_return_sequences,
             pad_token_id=tokenizer.pad_token_id, eos_token_id=eos_token_id or tokenizer.eos_token_id,
         )
         if self.do_sample:
@@ -98,6 +102,7 @@ class Generation:
     new_tokens: int
     latency_s: float
     batch_tokens_per_s: float  # new tokens of the whole batch / batch wall time
+    ended: bool = True  # stopped by itself (``### End`` or an end token) before max_new_tokens
 
 
 def _stop_at_end_marker(tokenizer, prompt_len: int, marker: str = END_KEY):
@@ -187,24 +192,25 @@ class Generator:
                 )
             seconds = time.perf_counter() - began
             new = out[:, width:].cpu()
-            lengths = [_new_length(row, pad, gen_config.eos_token_id) for row in new]
-            rate = sum(lengths) / seconds if seconds > 0 else 0.0
+            ends = [_new_length(row, pad, gen_config.eos_token_id) for row in new]
+            rate = sum(n for n, _ in ends) / seconds if seconds > 0 else 0.0
             texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
             n = settings.num_return_sequences
-            for j, (text, length) in enumerate(zip(texts, lengths)):
+            for j, (text, (length, eos)) in enumerate(zip(texts, ends)):
                 i = chunk[j // n]
                 results[i].append(Generation(text=extract_response(text), prompt_tokens=len(encoded[i]),
-                                             new_tokens=length, latency_s=seconds, batch_tokens_per_s=rate))
+                                             new_tokens=length, latency_s=seconds, batch_tokens_per_s=rate,
+                                             ended=eos or END_KEY in text))
         return results
 
 
-def _new_length(row, pad_id: int, eos_id) -> int:
-    """Generated tokens in a row, without the padding that follows a finished row (its EOS counts)."""
+def _new_length(row, pad_id: int, eos_id) -> tuple[int, bool]:
+    """(generated tokens in a row without the padding after a finished row — its EOS counts, whether it hit EOS)."""
     eos = set(eos_id if isinstance(eos_id, (list, tuple)) else [eos_id])
     tokens = row.tolist()
     for n, t in enumerate(tokens):
         if t in eos:
-            return n + 1
+            return n + 1, True
     while tokens and tokens[-1] == pad_id:
         tokens.pop()
-    return len(tokens)
+    return len(tokens), False

@@ -45,3 +45,57 @@ def token_f1(prediction: str, reference: str) -> float:
         return 0.0
     precision, recall = common / len(pred), common / len(ref)
     return 2 * precision * recall / (precision + recall)
+
+
+# -- answer hygiene: loops and grounding ----------------------------------------------------------------------
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
+MIN_SENTENCE_WORDS = 4  # shorter fragments ("Yes.", "Hope this helps!") carry no claim to check
+# Calibrated with benchmarks/faithfulness_calibration.py on the bundled sample (docs/evaluation.md): the 95th
+# percentile of the same score for sentences of *unrelated* answers against a question's retrieved sources, i.e.
+# a 5 % false-support rate; sentences copied from a source score 1.0.
+SUPPORT_THRESHOLD = 0.75
+
+
+def repeated_ngram_share(text: str, n: int = 4) -> float:
+    """Share of the word n-grams of ``text`` that repeat an earlier one (0: no loop; → 1: one phrase over and over)."""
+    words = normalize_answer(text).split()
+    grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+    if not grams:
+        return 0.0
+    return 1.0 - len(set(grams)) / len(grams)
+
+
+def sentences(text: str, min_words: int = MIN_SENTENCE_WORDS) -> list[str]:
+    """The sentences of ``text`` with at least ``min_words`` words.
+
+    A regex on end punctuation and line breaks rather than a trained splitter (nltk's punkt needs a data download
+    this machine cannot make); answers here are plain text, where it splits the same places."""
+    parts = (s.strip() for s in _SENTENCE_END.split(text or ""))
+    return [s for s in parts if len(s.split()) >= min_words]
+
+
+def support_scores(answer: str, passages: list[str], embed) -> list[float]:
+    """For each sentence of ``answer``, its best cosine similarity to a sentence (or the whole) of a passage.
+
+    ``embed(texts) -> (n, d)`` unit vectors (the index's embedder)."""
+    claims = sentences(answer)
+    evidence = [s for p in passages for s in (sentences(p, 1) + [p.strip()]) if s]
+    if not claims or not evidence:
+        return []
+    import numpy as np
+
+    vectors = embed(claims + evidence)
+    sims = np.asarray(vectors[: len(claims)]) @ np.asarray(vectors[len(claims):]).T
+    return [float(x) for x in sims.max(axis=1)]
+
+
+def faithfulness(answer: str, passages: list[str], embed, threshold: float = SUPPORT_THRESHOLD) -> float | None:
+    """Share of the answer's sentences supported by the cited passages (best cosine ≥ ``threshold``).
+
+    None when there is nothing to judge (no passages, or no sentence of ≥ MIN_SENTENCE_WORDS words)."""
+    if not passages:
+        return None
+    scores = support_scores(answer, passages, embed)
+    if not scores:
+        return None
+    return sum(s >= threshold for s in scores) / len(scores)

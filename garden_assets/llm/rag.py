@@ -12,10 +12,33 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
+from ..retrieval.embedder import KEYS
+from ..retrieval.search import DEFAULT_MODE, check_mode
+from ..retrieval.store import DEFAULT_KEY
 from .generate import GenerationSettings, Generator
 from .prompts import dolly_prompt, rag_prompt
 
 MIN_DOC_TOKENS = 32
+
+
+@dataclass(frozen=True)
+class RetrievalSetting:
+    k: int = 3
+    key: str = DEFAULT_KEY
+    mode: str = DEFAULT_MODE
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.k, int) or not 1 <= self.k <= 50:
+            raise ValueError(f"retrieval k must be 1..50, got {self.k!r}")
+        if self.key not in KEYS:
+            raise ValueError(f"retrieval key must be one of {KEYS}, got {self.key!r}")
+        check_mode(self.mode)
+
+    def label(self) -> str:
+        return f"k={self.k}, {self.key}, {self.mode}"
+
+
+DEFAULT_RETRIEVAL = RetrievalSetting()
 
 
 @dataclass(frozen=True)
@@ -36,6 +59,7 @@ class FittedPrompt:
     docs_retrieved: int
     docs_trimmed: int
     docs_dropped: int
+    passages: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -60,7 +84,9 @@ class Answer:
     docs_retrieved: int = 0
     docs_trimmed: int = 0
     docs_dropped: int = 0
+    ended: bool = True  # the answer stopped by itself before max_new_tokens
     alternatives: list[str] = field(default_factory=list)  # num_return_sequences > 1
+    passages: list[str] = field(default_factory=list)  # the source texts as the prompt showed them
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -71,6 +97,35 @@ def check_question(text: str) -> str:
     if not text:
         raise ValueError("the question is empty")
     return text
+
+
+def exclusion_filter(question_ids) -> str | None:
+    """A search ``where`` that skips these questions' answers (None: skip nothing)."""
+    ids = sorted({int(q) for q in (question_ids or ()) if q is not None})
+    if not ids:
+        return None
+    return f"question_id NOT IN ({', '.join(map(str, ids))})"
+
+
+def retrieve(store, question: str, *, k: int, mode: str, exclude=()) -> list:
+    """The top ``k`` hits for ``question``, none from the questions in ``exclude`` (one search for RAG answers,
+    the ``retrieved`` anchor and RAFT training prompts alike)."""
+    if store is None:
+        raise ValueError("RAG needs an index: materialize qa_index first")
+    return store.search(check_question(question), k=k, mode=mode, where=exclusion_filter(exclude))
+
+
+def pasted_answer(store, question: Question, *, k: int = 1, mode: str = "hybrid", exclude=()) -> "Answer":
+    """The anchor a user has without any model: the top retrieved answer, pasted as is, with its source."""
+    began = time.perf_counter()
+    hits = retrieve(store, question.text, k=k, mode=mode, exclude=exclude)
+    seconds = time.perf_counter() - began
+    top = hits[:1]
+    return Answer(question=question.text.strip(), answer=top[0].text if top else "", rag=True,
+                  sources=[Source(h.answer_id, h.question_id, h.title, h.source_url, round(float(h.score), 4))
+                           for h in top],
+                  latency_s=round(seconds, 3), retrieval_s=round(seconds, 4), docs_retrieved=len(hits),
+                  passages=[h.text for h in top])
 
 
 def fit_rag_prompt(question: Question, hits: Sequence, count_tokens, max_prompt_tokens: int, *, tokenizer=None,
@@ -104,7 +159,7 @@ def fit_rag_prompt(question: Question, hits: Sequence, count_tokens, max_prompt_
     prompt = rag_prompt(text, [t for _, t, _ in used], question.context)
     sources = [Source(h.answer_id, h.question_id, h.title, h.source_url, round(float(h.score), 4), cut)
                for h, _, cut in used]
-    return FittedPrompt(prompt, sources, count_tokens(prompt), len(hits), trimmed, dropped)
+    return FittedPrompt(prompt, sources, count_tokens(prompt), len(hits), trimmed, dropped, [t for _, t, _ in used])
 
 
 def _trim_to_fit(question, context, passages, doc, count_tokens, limit, tokenizer, min_doc_tokens) -> str | None:
@@ -149,12 +204,9 @@ class Assistant:
                 fitted.append(FittedPrompt(prompt, [], gen.count_tokens(prompt), 0, 0, 0))
                 retrieval_s.append(0.0)
                 continue
-            if self.store is None:
-                raise ValueError("RAG needs an index: materialize qa_index first")
-            skip = exclude_question_ids[i] if exclude_question_ids else None
+            skip = [exclude_question_ids[i]] if exclude_question_ids else ()
             began = time.perf_counter()
-            hits = self.store.search(text, k=self.k, mode=self.mode,
-                                     where=f"question_id != {int(skip)}" if skip is not None else None)
+            hits = retrieve(self.store, text, k=self.k, mode=self.mode, exclude=skip)
             retrieval_s.append(time.perf_counter() - began)
             fitted.append(fit_rag_prompt(q, hits, gen.count_tokens, budget, tokenizer=gen.tokenizer))
         outputs = gen.generate([f.prompt for f in fitted], settings)
@@ -165,6 +217,7 @@ class Assistant:
                 question=q.text.strip(), answer=best.text, sources=f.sources, rag=rag, prompt_tokens=f.prompt_tokens,
                 new_tokens=best.new_tokens, latency_s=round(r + best.latency_s, 3), retrieval_s=round(r, 4),
                 batch_tokens_per_s=round(best.batch_tokens_per_s, 2), docs_retrieved=f.docs_retrieved,
-                docs_trimmed=f.docs_trimmed, docs_dropped=f.docs_dropped, alternatives=[o.text for o in outs[1:]],
+                docs_trimmed=f.docs_trimmed, docs_dropped=f.docs_dropped, ended=best.ended,
+                alternatives=[o.text for o in outs[1:]], passages=f.passages,
             ))
         return answers

@@ -5,10 +5,8 @@ Library code: no dagster import; torch and lancedb load on first use.
 
 from .embedder import DEFAULT_MODEL, KEYS, Embedder, build_key_text, packaged_minilm_path
 from .metrics import EvalResult, evaluate, mrr_at_k, queries_from_pairs, success_at_k
-from .search import MODES, Hit, fuse
+from .search import DEFAULT_MODE, MODES, Hit, fuse
 from .store import ANN_MIN_ROWS, DEFAULT_KEY, LONG_TEXT_BY_KEY, QAStore, UpsertStats, open_store, table_name
-
-DEFAULT_MODE = "hybrid"
 
 __all__ = [
     "ANN_MIN_ROWS", "DEFAULT_KEY", "DEFAULT_MODE", "DEFAULT_MODEL", "KEYS", "LONG_TEXT_BY_KEY", "MODES",

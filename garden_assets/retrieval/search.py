@@ -20,6 +20,7 @@ import pyarrow as pa
 
 Mode = Literal["vector", "fts", "hybrid"]
 MODES: tuple[str, ...] = ("vector", "fts", "hybrid")
+DEFAULT_MODE = "hybrid"
 VECTOR_WEIGHT = 0.7  # LanceDB LinearCombinationReranker default
 CANDIDATES = 50  # rows each leg hands to the fusion (min–max over top-5 alone is too jumpy)
 

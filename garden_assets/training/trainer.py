@@ -108,7 +108,7 @@ def _fingerprint(cfg: TrainConfig, world_size: int) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
     keys = ("base_model", "method", "lora_r", "lora_alpha", "lora_dropout", "lora_targets", "epochs", "max_steps",
-            "max_train_tokens", "learning_rate", "weight_decay", "warmup_ratio", "lr_scheduler", "batch_size",
+            "max_train_tokens", "max_train_seconds", "keep_best", "learning_rate", "weight_decay", "warmup_ratio", "lr_scheduler", "batch_size",
             "grad_accum", "max_length", "batching", "seed")
     h.update(json.dumps({k: getattr(cfg, k) for k in keys} | {"world_size": world_size}, sort_keys=True).encode())
     return h.hexdigest()[:16]
@@ -189,6 +189,41 @@ def evaluate(model, examples: list[Example], *, batch_size: int, pad_id: int, ac
     if world > 1:
         total = accelerator.reduce(total, reduction="sum")
     return float(total[0] / total[1]) if total[1] > 0 else float("nan")
+
+
+def _budget_lr_factor(progress: float, warmup: float) -> float:
+    """Linear warm-up over the first ``warmup`` share of a time budget, then linear decay to 0 at its end."""
+    if progress < warmup:
+        return max(progress / warmup, 0.01)
+    return max(1.0 - progress, 0.0) / max(1.0 - warmup, 1e-9) if progress < 1 else 0.0
+
+
+class _BestWeights:
+    """The trainable weights at the lowest eval loss seen so far, kept on the CPU (LoRA: a few MB)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.loss = float("inf")
+        self.step: int | None = None
+        self.state: dict | None = None
+
+    def offer(self, loss: float, step: int, model) -> None:
+        if not self.enabled or not loss < self.loss:
+            return
+        self.loss, self.step = loss, step
+        self.state = {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
+
+    def restore(self, model) -> int | None:
+        """Load the best weights into ``model``; their step (None when there was no eval)."""
+        if self.state is None:
+            return None
+        import torch
+
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, value in self.state.items():
+                params[name].copy_(value)
+        return self.step
 
 
 # -- the run ------------------------------------------------------------------------------------------------------
@@ -290,9 +325,14 @@ def _run(cfg: TrainConfig, accelerator, reporter: Reporter, device: str, precisi
 
     # -- optimisation ------------------------------------------------------------------------------------------------
     optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = get_scheduler(cfg.lr_scheduler, optimizer,
-                              num_warmup_steps=int(cfg.warmup_ratio * total_steps),  # short runs: no step at lr 0
-                              num_training_steps=total_steps)
+    clock = {"train_time": 0.0}  # read by a time-budget schedule
+    if cfg.max_train_seconds is not None:  # the step count is unknown up front: warm up and decay over the budget
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda _: _budget_lr_factor(clock["train_time"] / cfg.max_train_seconds, cfg.warmup_ratio))
+    else:
+        scheduler = get_scheduler(cfg.lr_scheduler, optimizer,
+                                  num_warmup_steps=int(cfg.warmup_ratio * total_steps),  # short runs: no step at lr 0
+                                  num_training_steps=total_steps)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     unwrapped = accelerator.unwrap_model(model)
 
@@ -316,6 +356,7 @@ def _run(cfg: TrainConfig, accelerator, reporter: Reporter, device: str, precisi
         else:
             ckpt.load_trainable(unwrapped, optimizer, scheduler, last)
         start_step, tokens_seen, train_time = state["step"], state["tokens"], state["train_time_s"]
+        clock["train_time"] = train_time
         resumed_from = str(last)
         reporter.truncate_log(start_step)
         reporter.info(f"resumed from {last} (step {start_step}/{total_steps})")
@@ -343,7 +384,13 @@ def _run(cfg: TrainConfig, accelerator, reporter: Reporter, device: str, precisi
     # -- loop --------------------------------------------------------------------------------------------------------
     model.train()
     last_loss, last_eval = float("nan"), None
+    best = _BestWeights(enabled=cfg.keep_best and not use_ds)  # ZeRO-3 shards the weights: publish the last ones
+    steps_done = start_step
     for step in range(start_step + 1, total_steps + 1):
+        if cfg.max_train_seconds is not None and train_time >= cfg.max_train_seconds:
+            reporter.info(f"time budget reached: {train_time:.0f} s of training ≥ {cfg.max_train_seconds:.0f} s, "
+                          f"stopping after step {step - 1} of {total_steps}")
+            break
         sp = plan[step - 1]
         lr = scheduler.get_last_lr()[0]  # the rate this step trains with
         t0 = time.perf_counter()
@@ -366,7 +413,9 @@ def _run(cfg: TrainConfig, accelerator, reporter: Reporter, device: str, precisi
             local = accelerator.reduce(local, reduction="sum")
         step_time = time.perf_counter() - t0
         train_time += step_time
+        clock["train_time"] = train_time
         tokens_seen += sp.tokens
+        steps_done = step
         last_loss = float(local[0] / local[1])
         if _STEP_SLEEP:  # test hook: slow steps down so a test can kill the run between checkpoints
             time.sleep(_STEP_SLEEP)
@@ -375,6 +424,7 @@ def _run(cfg: TrainConfig, accelerator, reporter: Reporter, device: str, precisi
         if cfg.eval_steps and step % cfg.eval_steps == 0 and step < total_steps and eval_subset:
             last_eval = evaluate(model, eval_subset, batch_size=cfg.batch_size * 2, pad_id=pad_id,
                                  accelerator=accelerator, logits_mask=logits_mask)
+            best.offer(last_eval, step, unwrapped)
             entry["eval_loss"] = last_eval
         if step % cfg.log_steps == 0 or step == total_steps or entry:
             entry = {"step": step, "epoch": sp.epoch, "train_loss": last_loss, **entry,
@@ -390,11 +440,17 @@ def _run(cfg: TrainConfig, accelerator, reporter: Reporter, device: str, precisi
     if eval_subset:
         final_eval = evaluate(model, eval_subset, batch_size=cfg.batch_size * 2, pad_id=pad_id,
                               accelerator=accelerator, logits_mask=logits_mask)
-        reporter.record({"step": total_steps, "eval_loss": final_eval, "final": True})
+        best.offer(final_eval, steps_done, unwrapped)
+        reporter.record({"step": steps_done, "eval_loss": final_eval, "final": True})
+    published_step = best.restore(unwrapped) or steps_done
+    if published_step != steps_done:
+        reporter.info(f"publishing the weights of step {published_step} (eval loss {best.loss:.4f}; "
+                      f"last step {steps_done}: {final_eval:.4f})")
     model_dir, adapter_dir = _save_outputs(cfg, accelerator, model, unwrapped, tokenizer, use_ds)
     metrics = {
         "method": cfg.method, "device": device, "precision": precision, "num_processes": world,
-        "deepspeed": use_ds, "steps": total_steps, "train_tokens": tokens_seen,
+        "deepspeed": use_ds, "steps": steps_done, "planned_steps": total_steps, "published_step": published_step,
+        "best_eval_loss": best.loss if best.step is not None else final_eval, "train_tokens": tokens_seen,
         "train_time_s": round(train_time, 3), "tokens_per_s": tokens_seen / max(train_time, 1e-9),
         "train_loss": last_loss, "eval_loss": final_eval,
         "train_rows": len(train_examples), "test_rows": len(test_examples),
@@ -409,7 +465,7 @@ def _run(cfg: TrainConfig, accelerator, reporter: Reporter, device: str, precisi
     if main:
         _write_json_atomic(metrics, out / METRICS_FILE)  # marks the run finished; checkpoints are no longer needed
         ckpt.clear(out)
-        reporter.info(f"done: {total_steps} steps, {tokens_seen} tokens, {metrics['tokens_per_s']:.1f} tokens/s, "
+        reporter.info(f"done: {steps_done} steps, {tokens_seen} tokens, {metrics['tokens_per_s']:.1f} tokens/s, "
                       f"eval loss {final_eval}")
     reporter.finish(metrics)
     accelerator.wait_for_everyone()
