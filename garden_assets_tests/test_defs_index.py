@@ -1,12 +1,14 @@
 """qa_index, retrieval_eval and the reindex job through Dagster on the bundled sample (real MiniLM, real LanceDB)."""
 
+import subprocess
+
 import dagster as dg
 import polars as pl
 import pytest
 
 from garden_assets.defs import index, posts
-from garden_assets.defs.resources import AtomicParquetIOManager
-from garden_assets.retrieval.store import open_store
+from garden_assets.defs.resources import AtomicParquetIOManager, GardenPaths
+from garden_assets.retrieval.store import QAStore, open_store
 
 from .dagster_env import sample_env
 
@@ -63,3 +65,44 @@ def test_empty_pairs_fail_clearly_and_keep_the_index(env, tmp_path):
     failure = [e for e in result.all_events if e.is_step_failure][0]
     assert "qa_pairs is empty" in failure.step_failure_data.user_failure_data.description
     assert open_store(paths.lance_uri).count() == before
+
+
+def _attempts(result: dg.ExecuteInProcessResult) -> tuple[int, int]:
+    """(retries requested, step failures) of qa_index in one run."""
+    events = [e for e in result.all_events if e.step_key == "qa_index"]
+    return (sum(e.event_type == dg.DagsterEventType.STEP_UP_FOR_RETRY for e in events),
+            sum(e.is_step_failure for e in events))
+
+
+def test_commit_conflict_is_retried_and_completes(env, monkeypatch):
+    instance, resources, paths = env
+    upsert, calls = QAStore._upsert, []
+
+    def lose_the_first_race(self, *args):
+        calls.append(1)
+        if len(calls) == 1:  # what LanceDB raises when another writer committed first
+            raise RuntimeError("lance error: Retryable commit conflict for version 3: concurrent merge_insert")
+        return upsert(self, *args)
+
+    monkeypatch.setattr(QAStore, "_upsert", lose_the_first_race)
+    result = dg.materialize(ASSETS, selection=[index.qa_index], instance=instance, resources=resources)
+    assert result.success and _attempts(result) == (1, 0) and len(calls) == 2
+
+
+def test_read_only_index_folder_fails_at_once_before_embedding(env, tmp_path):
+    """A permanent error is not retried: one attempt, its message, no row embedded."""
+    instance, resources, paths = env
+    disk = tmp_path / "ro"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount a read-only tmpfs here (needs root / CAP_SYS_ADMIN)")
+    try:
+        ro = {**resources, "paths": GardenPaths(home=paths.home, drops=paths.drops, lance=str(disk / "lancedb"))}
+        result = dg.materialize(ASSETS, selection=[index.qa_index], instance=instance, resources=ro,
+                                raise_on_error=False)
+        assert not result.success and _attempts(result) == (0, 1)
+        [failure] = [e for e in result.all_events if e.is_step_failure]
+        assert f"Read-only file system: '{disk / 'lancedb'}'" in failure.step_failure_data.error.to_string()
+        assert not any("embedded" in (e.message or "") for e in instance.all_logs(result.run_id))
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)

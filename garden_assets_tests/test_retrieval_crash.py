@@ -79,3 +79,47 @@ def test_sigkill_mid_write_keeps_previous_version(tmp_path):
     assert len(answer_ids) == len(set(answer_ids))
     after.optimize(cleanup_older_than=timedelta(0), delete_unverified=True)  # also drops the killed write's files
     assert after.count() == N + 8 and after.search("filler answer number 42", k=1, mode="fts")
+
+
+APPEND_CHILD = """
+import sys, time
+import pyarrow as pa
+from garden_assets.retrieval import QAStore
+from garden_assets.retrieval.testing import HashEmbedder
+from garden_assets_tests.test_retrieval_crash import big_pairs
+
+store = QAStore(sys.argv[1], HashEmbedder(16, "crash"), key="answer", ann_min_rows=10**9)
+df = store._prepare(big_pairs())
+table = store._arrow(df, store.embedder.embed(df["key_text"].to_list()))
+
+def batches():  # a slow stream: LanceDB writes it to a temporary file as it comes
+    for i, batch in enumerate(table.to_batches(max_chunksize=250)):
+        if i == 2:
+            print("WRITING", flush=True)
+        if i >= 2:
+            time.sleep(0.1)
+        yield batch
+
+store.open().add(pa.RecordBatchReader.from_batches(table.schema, batches()))
+"""
+
+
+def test_sigkill_mid_append_leaves_a_temp_file_that_the_next_write_removes(tmp_path):
+    store = QAStore(tmp_path, HashEmbedder(16, "crash"), key="answer", ann_min_rows=10**9)
+    store.upsert(sample_pairs())
+    child = subprocess.Popen([sys.executable, "-c", APPEND_CHILD, str(tmp_path)], stdout=subprocess.PIPE, text=True,
+                             env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        while "WRITING" not in (line := child.stdout.readline()):
+            assert line or child.poll() is None, "child exited before writing"
+        time.sleep(0.3)
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    [left] = list(tmp_path.rglob(".tmp*"))  # the killed writer's file (0 bytes here), never read by LanceDB
+    assert store.upsert(sample_pairs()).embedded == 0 and left.exists()  # fresh: it could be a live writer's
+    os.utime(left, (time.time() - 3600, time.time() - 3600))
+    store.upsert(sample_pairs())
+    assert not left.exists() and store.count() == 8

@@ -7,13 +7,16 @@ import polars as pl
 
 from ..compute import ComputeSpec, load_profile
 from ..retrieval.metrics import evaluate_grid
-from ..retrieval.store import DEFAULT_KEY, open_store
+from ..retrieval.store import DEFAULT_KEY, CommitConflict, open_store
 from ..settings import lance_storage_options
 from .metadata import counts, markdown_table
 from .plots import png_markdown, pyplot
 from .resources import GardenPaths
 
 EMBEDDING = load_profile(asset="embedding", defaults=ComputeSpec(device="auto", batch_size=32))
+
+
+RETRIES = 2  # qa_index attempts after a LanceDB commit conflict
 
 
 class IndexConfig(dg.Config):
@@ -35,9 +38,6 @@ def store_for(paths: GardenPaths, config: IndexConfig, spec: ComputeSpec = EMBED
     kinds={"lancedb", "pytorch"},
     op_tags=EMBEDDING.op_tags(),
     pool=EMBEDDING.pool or "lancedb_writer",  # one writer per table at a time (pool limit 1, deploy/*.yaml)
-    # Without the pool limit two writers can race; LanceDB then rejects the later commit (never duplicate
-    # rows) and the retry finds those rows unchanged.
-    retry_policy=dg.RetryPolicy(max_retries=2, delay=5),
     automation_condition=dg.AutomationCondition.eager(),
     description="qa_pairs embedded into LanceDB (vector + full-text); re-runs embed only new or changed rows.",
 )
@@ -52,8 +52,14 @@ def qa_index(context: dg.AssetExecutionContext, config: IndexConfig, paths: Gard
             last[0] = done
             context.log.info(f"embedded {done}/{total}")
 
-    stats = store.upsert(qa_pairs, progress=progress)
-    created = store.ensure_indexes()
+    try:
+        stats = store.upsert(qa_pairs, progress=progress)
+        created = store.ensure_indexes()
+    except CommitConflict as e:
+        # Without the pool limit two writers can race; LanceDB then rejects the later commit (never duplicate
+        # rows) and the retry finds those rows unchanged. Any other error (permissions, a full disk) would fail
+        # the same way again: it fails the step at once.
+        raise dg.RetryRequested(max_retries=RETRIES, seconds_to_wait=5) from e
     meta = store.metadata()
     return dg.MaterializeResult(
         metadata={

@@ -8,12 +8,20 @@
 - indexes: BTree on ``answer_id`` (merge join, lookups), native full-text on ``key_text``, and an ANN vector index
   only once the table holds ``ann_min_rows`` rows (below that brute force is exact and fast enough).
 - ``uri`` is a local folder or an object-store URI (``s3://bucket/path`` + ``storage_options``); same code path.
+- failure modes: a write that lost a race with another writer raises ``CommitConflict`` (the one error a retry can
+  fix); a local folder that cannot be written fails before anything is embedded; a table whose full-text index is
+  missing (a run killed while building it) is searched in vector mode with a warning until the next write
+  rebuilds it; temporary files a killed writer left in the table folder are removed by the next write.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
+import re
+import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -32,6 +40,25 @@ PAIR_COLUMNS = [
 ]
 ANN_MIN_ROWS = 50_000
 MERGE_BYTES = 64 << 20  # per merge_insert commit (see QAStore._merge)
+STALE_TMP_SECONDS = 600  # a writer's temporary file untouched this long belongs to a killed writer
+# What LanceDB raises when another writer committed first (or created the table first).
+_CONFLICT = re.compile(r"commit conflict|incompatible transaction|too much write contention|table '[^']*' already exists",
+                       re.IGNORECASE)
+log = logging.getLogger(__name__)
+
+
+class CommitConflict(RuntimeError):
+    """Another writer changed the table during this write; retrying the write is safe and finds its changes."""
+
+
+@contextmanager
+def _conflicts_as_commit_conflict():
+    try:
+        yield
+    except (RuntimeError, ValueError) as e:
+        if isinstance(e, CommitConflict) or not _CONFLICT.search(str(e)):
+            raise
+        raise CommitConflict(f"another writer changed the index table meanwhile: {e}") from e
 
 
 class TextEmbedder(Protocol):
@@ -169,8 +196,43 @@ class QAStore:
             out.update(zip(got["answer_id"].to_pylist(), got["vector"].to_numpy(zero_copy_only=False)))
         return out
 
+    def _local_folder(self) -> Path | None:
+        return None if "://" in self.uri else Path(self.uri)
+
+    def _check_writable(self) -> None:
+        """A local index folder that cannot be written fails here, before any row is embedded."""
+        folder = self._local_folder()
+        if folder is None:
+            return
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            tempfile.TemporaryFile(dir=folder).close()
+        except OSError as e:
+            raise OSError(e.errno, f"index folder {folder} is not writable: {e.strerror}") from e
+
+    def remove_stale_temp_files(self, older_than: float = STALE_TMP_SECONDS) -> list[Path]:
+        """Delete the ``.tmp*`` files a killed writer left in the table folder (never read by LanceDB)."""
+        folder = self._local_folder()
+        table = folder / f"{self.name}.lance" if folder is not None else None
+        if table is None or not table.is_dir():
+            return []
+        cutoff = time.time() - older_than
+        stale = [p for p in table.rglob(".tmp*") if p.is_file() and p.stat().st_mtime < cutoff]
+        for p in stale:
+            p.unlink(missing_ok=True)
+        return stale
+
     def upsert(self, pairs: pl.DataFrame, *, progress: Callable[[int, int], None] | None = None) -> UpsertStats:
-        """Bring the table in line with ``pairs`` (one row per ``answer_id``); embeds only what changed."""
+        """Bring the table in line with ``pairs`` (one row per ``answer_id``); embeds only what changed.
+
+        Raises ``CommitConflict`` when another writer committed first (retry), ``OSError`` when the folder
+        cannot be written (before embedding anything)."""
+        self._check_writable()
+        self.remove_stale_temp_files()
+        with _conflicts_as_commit_conflict():
+            return self._upsert(pairs, progress)
+
+    def _upsert(self, pairs: pl.DataFrame, progress: Callable[[int, int], None] | None) -> UpsertStats:
         start = time.perf_counter()
         df = self._prepare(pairs)
         tbl = self.open()
@@ -191,6 +253,7 @@ class QAStore:
         gone = old.join(df, on="answer_id", how="anti")["answer_id"].to_list()
         unchanged = df.height - new.height - changed.height
         if new.height == 0 and changed.height == 0 and not gone:
+            self.ensure_indexes()  # repairs an index a killed run did not finish
             return self._stats(start, 0, 0, 0, 0, unchanged, tbl, False)
 
         source = pl.concat([new, changed]).drop("old_hash", "old_key")
@@ -242,6 +305,10 @@ class QAStore:
     # -- indexes and maintenance -----------------------------------------------------------------------------------
     def ensure_indexes(self, *, replace: bool = False) -> list[str]:
         """Create missing indexes (ANN only past ``ann_min_rows``); returns the names of those created."""
+        with _conflicts_as_commit_conflict():
+            return self._ensure_indexes(replace)
+
+    def _ensure_indexes(self, replace: bool) -> list[str]:
         from lancedb.index import FTS, BTree, HnswSq
 
         tbl = self.open()
@@ -270,6 +337,7 @@ class QAStore:
         if tbl is None:
             raise ValueError(f"index table {self.name!r} does not exist yet")
         before = len(tbl.list_versions())
+        self.remove_stale_temp_files()
         created = self.ensure_indexes()
         tbl.optimize(cleanup_older_than=cleanup_older_than, delete_unverified=delete_unverified)
         return {"table": self.name, "version": tbl.version, "versions_before": before,
@@ -281,6 +349,7 @@ class QAStore:
         """Top ``k`` answers for ``query``: ``vector``, ``fts`` (BM25) or ``hybrid`` (weighted fusion of both).
 
         ``where``: a SQL filter on the columns (applied before ranking); ``vector``: a precomputed query vector.
+        A table without its full-text index (a run killed while building it) is searched in vector mode.
         """
         check_mode(mode)
         if not query or not query.strip():
@@ -288,6 +357,17 @@ class QAStore:
         tbl = self.open()
         if tbl is None:
             raise ValueError(f"index table {self.name!r} does not exist yet: upsert qa_pairs first")
+        try:
+            return self._search(tbl, query, k, mode, where, candidates, vector)
+        except (RuntimeError, ValueError) as e:
+            if mode == "vector" or "INVERTED index" not in str(e):
+                raise
+        log.warning("index table %s has no full-text index (a write was interrupted?): searching in vector mode "
+                    "until the next qa_index run rebuilds it", self.name)
+        return self._search(tbl, query, k, "vector", where, candidates, vector)
+
+    def _search(self, tbl, query: str, k: int, mode: str, where: str | None, candidates: int,
+                vector: np.ndarray | None) -> list[Hit]:
         vec = None if mode == "fts" else (self.embedder.embed_query(query) if vector is None else vector)
         pool = k if mode != "hybrid" else max(k, candidates)
 
