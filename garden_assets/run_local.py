@@ -17,6 +17,7 @@ import dagster as dg
 import polars as pl
 
 from .defs.posts import drops_partitions
+from .defs.runs import fail_dead_runs
 from .settings import drops_folder, garden_home
 from .drops import scan_drops
 
@@ -38,6 +39,8 @@ def main() -> int:
 
     started = time.time()
     inst = instance()
+    for run_id in fail_dead_runs(inst):
+        print(f"run {run_id[:8]}: its process is gone (killed?); marked failed, its pool slots freed", file=sys.stderr)
     drops, problems = scan_drops(drops_folder())
     for problem in problems:
         print(f"skipping: {problem}", file=sys.stderr)
