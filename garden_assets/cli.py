@@ -7,26 +7,78 @@ import dataclasses
 import json
 import os
 import sys
+import tempfile
+from pathlib import Path
 
+from .llm.rag import DEFAULT_RETRIEVAL
 from .stackexchange.reader import DumpError
+
+
+class UsageError(Exception):
+    """A bad argument or path: ``main`` prints it as one ``garden: …`` line and exits 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line instead of argparse's usage + error
+        self.exit(2, f"garden: {self.prog.removeprefix('garden').strip() or 'usage'}: {message}\n")
+
+
+def _at_least_one(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be ≥ 1, not {n}")
+    return n
+
+
+def _check_out(out: str, dump: str, force: bool) -> None:
+    """``--out`` must name a new file or a Parquet output of ours (``--force``: any file) in a writable folder,
+    and never the input dump."""
+    from .stackexchange.ingest import is_ingest_output
+    from .stackexchange.reader import find_posts
+
+    path = Path(out)
+    source, _ = find_posts(dump)
+    if path.is_dir():
+        raise UsageError(f"--out {out}: is a folder; give a file name such as {path / 'posts.parquet'}")
+    if not path.parent.is_dir():
+        raise UsageError(f"--out {out}: no such folder {path.parent}")
+    if path.exists() and path.samefile(source):
+        raise UsageError(f"--out {out}: is the input dump; write the Parquet file elsewhere")
+    if path.exists() and not force and not is_ingest_output(path):
+        raise UsageError(f"--out {out}: exists and is not a Parquet file written by garden ingest (--force replaces it)")
+    try:
+        tempfile.TemporaryFile(dir=path.parent).close()
+    except OSError as e:
+        raise UsageError(f"--out {out}: cannot write in {path.parent} ({e.strerror})") from None
 
 
 def _ingest(args: argparse.Namespace) -> int:
     from .stackexchange.ingest import ingest
 
+    if args.out:
+        _check_out(args.out, args.dump, args.force)
     figures = ingest(args.dump, out=args.out, min_score=args.min_score, max_body_chars=args.max_body_chars, workers=args.workers)
     print(json.dumps(figures))
     return 0
 
 
 def _search(args: argparse.Namespace) -> int:
-    from .retrieval.store import open_store
+    from .llm.rag import RetrievalSetting, check_question
+    from .retrieval.store import has_index, open_store
     from .settings import lance_storage_options, lance_uri
 
+    try:  # the checks `garden ask` makes
+        question = check_question(args.question)
+        RetrievalSetting(k=args.k, key=args.key, mode=args.mode)
+    except ValueError as e:
+        raise UsageError(e) from None
+    if not has_index(lance_uri(), key=args.key, model=args.model, storage_options=lance_storage_options()):
+        raise UsageError(f"no index at {lance_uri()} for key {args.key!r}: materialize the qa_index asset first (make run)")
     store = open_store(lance_uri(), key=args.key, model=args.model, storage_options=lance_storage_options())
-    if store.open() is None:
-        raise SystemExit(f"garden: no index at {lance_uri()} for key {args.key!r}: materialize the qa_index asset first (make run)")
-    hits = store.search(args.question, k=args.k, mode=args.mode)
+    hits = store.search(question, k=args.k, mode=args.mode)
     if args.json:
         print(json.dumps([dataclasses.asdict(h) for h in hits], default=str))
         return 0
@@ -100,7 +152,7 @@ def _ask(args: argparse.Namespace) -> int:
             answer = pasted_answer(store, Question(question, args.context or ""), k=args.k, mode=args.mode)
         else:
             spec = load_profile(asset="generation", defaults=ComputeSpec(device="auto"))
-            generator = Generator.load(path, device=spec.resolve_device(), precision=spec.resolve_precision(),
+            generator = Generator.load(path, device=spec.resolve_device(), precision=spec.resolve_inference_precision(),
                                        max_context_tokens=args.max_context_tokens)
             [answer] = Assistant(generator, store, k=args.k, mode=args.mode).ask(
                 [Question(question, args.context or "")], settings, rag=not args.no_rag)
@@ -126,20 +178,22 @@ def _ask(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="garden", description="garden_assets: your Q&A dump → a domain assistant")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="garden", description="garden_assets: your Q&A dump → a domain assistant")
+    sub = parser.add_subparsers(dest="command", required=True)  # subcommands get _Parser too
 
     p = sub.add_parser("ingest", help="read and clean a Posts.xml / site .7z; print one JSON line of figures")
     p.add_argument("dump", help="a Posts.xml, a site .7z, or a folder holding one")
-    p.add_argument("--out", help="write the cleaned posts to this Parquet file")
+    p.add_argument("--out", help="write the cleaned posts to this Parquet file (new, or an earlier output)")
+    p.add_argument("--force", action="store_true", help="let --out replace a file that is not an earlier output")
     p.add_argument("--min-score", type=int, default=None, help="drop posts scored below N (default: keep all)")
-    p.add_argument("--max-body-chars", type=int, default=None, help="drop posts whose text is longer (default: keep all)")
-    p.add_argument("--workers", type=int, default=None, help="processes for a plain Posts.xml (default: all cores)")
+    p.add_argument("--max-body-chars", type=_at_least_one, default=None,
+                   help="drop posts whose text is longer (default: keep all)")
+    p.add_argument("--workers", type=_at_least_one, default=None, help="threads for a plain Posts.xml (default: all cores)")
     p.set_defaults(func=_ingest)
 
     p = sub.add_parser("search", help="search the current qa_index")
     p.add_argument("question")
-    p.add_argument("--k", type=int, default=5)
+    p.add_argument("--k", type=int, default=5, help="answers to list (1..50)")
     p.add_argument("--mode", choices=["hybrid", "vector", "fts"], default="hybrid")
     p.add_argument("--key", choices=["answer", "question+answer"], default="question+answer")
     p.add_argument("--model", default=None, help="the embedding model the index was built with (default: packaged MiniLM)")
@@ -152,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-rag", action="store_true", help="answer from the model alone (no retrieval)")
     p.add_argument("--no-model", action="store_true",
                    help="no model: print the top retrieved answer as is (the evaluation's `retrieved` anchor)")
-    p.add_argument("--k", type=int, default=3, help="documents to retrieve")
+    p.add_argument("--k", type=int, default=DEFAULT_RETRIEVAL.k, help="documents to retrieve")
     p.add_argument("--mode", choices=["hybrid", "vector", "fts"], default="hybrid")
     p.add_argument("--key", choices=["answer", "question+answer"], default="question+answer")
     p.add_argument("--context", help="more detail about the question (the Input: block)")
@@ -175,8 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except DumpError as e:
-        print(f"garden: {e}", file=sys.stderr)
+    except (DumpError, UsageError, OSError) as e:  # OSError: a path the file system refused
+        print(f"garden: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
         return 2
 
 

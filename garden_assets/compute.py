@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping
@@ -98,6 +99,9 @@ class ComputeSpec:
     def resolve_precision(self, capability: tuple[int, int] | None = None) -> str:
         return resolve_precision(self, capability=capability)
 
+    def resolve_inference_precision(self) -> str:
+        return resolve_inference_precision(self)
+
     def num_processes(self) -> int:
         """Training processes: one per GPU, one on CPU."""
         return max(1, self.gpus) if self.resolve_device() == "cuda" else 1
@@ -136,6 +140,24 @@ def resolve_device(spec: ComputeSpec) -> str:
             raise RuntimeError("ComputeSpec.device is 'cuda' but torch sees no CUDA device on this machine")
         return "cuda"
     return "cuda" if available else "cpu"
+
+
+def cpu_has_native_bf16() -> bool:
+    """True on x86 CPUs with AVX512-BF16 or AMX-BF16 (Linux ``/proc/cpuinfo``); there bf16 matmuls are fast."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return bool(re.search(r"\b(avx512_bf16|amx_bf16)\b", flags))
+
+
+def resolve_inference_precision(spec: ComputeSpec) -> str:
+    """`resolve_precision`, except that ``auto`` on a CPU with native bf16 is bf16. For inference only: Gemma 270M
+    generation ran 3.5× faster in bf16 there (99 vs 28 tokens/s, batch 8), while bf16 autocast *training* on the
+    same CPU ran 2× slower than fp32, so training keeps fp32."""
+    if spec.precision == "auto" and resolve_device(spec) == "cpu" and cpu_has_native_bf16():
+        return "bf16"
+    return resolve_precision(spec)
 
 
 def resolve_precision(

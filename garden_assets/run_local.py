@@ -20,6 +20,7 @@ from .defs.posts import drops_partitions
 from .defs.runs import fail_dead_runs
 from .settings import drops_folder, garden_home
 from .drops import scan_drops
+from .stackexchange.reader import DumpError
 
 
 def instance() -> dg.DagsterInstance:
@@ -41,7 +42,11 @@ def main() -> int:
     inst = instance()
     for run_id in fail_dead_runs(inst):
         print(f"run {run_id[:8]}: its process is gone (killed?); marked failed, its pool slots freed", file=sys.stderr)
-    drops, problems = scan_drops(drops_folder())
+    try:
+        drops, problems = scan_drops(drops_folder())
+    except DumpError as e:
+        print(f"garden: {e}", file=sys.stderr)
+        return 2
     for problem in problems:
         print(f"skipping: {problem}", file=sys.stderr)
     if not drops:
@@ -81,12 +86,15 @@ def summary(inst: dg.DagsterInstance, keys: list[str], failed: list[str], second
     if answers.exists():
         from .llm.evaluation import summarize
 
-        main = summarize(pl.read_parquet(answers)).filter(pl.col("sweep") == "main")
-        print(f"answers: {answers}")
+        rows = pl.read_parquet(answers)
+        main = summarize(rows).filter(pl.col("sweep") == "main")
+        print(f"answers: {answers} ({main['questions'][0]} held-out questions)")
+        print(f"         {'variant':<10} {'token F1':>8} {'ROUGE-L':>8} {'ended':>6} {'rep 4g':>7} {'faithful':>8} {'p50 s':>6}")
         for r in main.iter_rows(named=True):
-            print(f"         {r['variant']:<10} ROUGE-L {r['rouge_l']:.3f}  token F1 {r['token_f1']:.3f}  "
-                  f"p50 {r['latency_p50_s']:.1f} s  ({r['questions']} held-out questions)")
-        print('         ask: .venv/bin/garden ask "What soil do blueberries like?"')
+            faithful = "—" if r["faithfulness"] is None else f"{r['faithfulness']:.2f}"
+            print(f"         {r['variant']:<10} {r['token_f1']:>8.3f} {r['rouge_l']:>8.3f} {r['ended']:>6.0%} "
+                  f"{r['repeated_4grams']:>7.1%} {faithful:>8} {r['latency_p50_s']:>6.1f}")
+        print(f'         ask: .venv/bin/garden ask "{rows["question"][0]}"')
     print(f"outputs: {storage}")
     print(f"runs:    {os.environ['DAGSTER_HOME']} (see them with `make ui`, http://127.0.0.1:3000)")
 

@@ -36,3 +36,10 @@ def test_ask_bad_input(tmp_path, monkeypatch, capsys):
                  "--json"]) == 0
     answer = json.loads(capsys.readouterr().out)
     assert [s["answer_id"] for s in answer["sources"]] == [51] and answer["rag"] and answer["new_tokens"] <= 4
+    # --no-model: the anchor a user has without any model, the top hit as is (no model is loaded)
+    monkeypatch.setenv("GARDEN_BASE_MODEL", str(tmp_path / "nowhere"))
+    assert main(["ask", "Can I compost citrus peels?", "--no-model", "--json"]) == 0
+    pasted = json.loads(capsys.readouterr().out)
+    assert pasted["answer"] == sample_pairs().filter(answer_id=51)["response"].item()
+    assert [s["answer_id"] for s in pasted["sources"]] == [51] and pasted["model"] is None and pasted["ended"]
+    assert "cannot go with --no-rag" in ask("Why?", "--no-model", "--no-rag")

@@ -63,8 +63,8 @@ def test_generation_stops_at_end_marker(generator, monkeypatch):
 
     monkeypatch.setattr(generator.model, "generate", scripted)
     a, b = generator.generate(["first", "second"], GenerationSettings(max_new_tokens=20))
-    assert a[0].text == "A" and a[0].new_tokens == 1 + len(end_ids)
-    assert b[0].text.startswith("BB") and b[0].new_tokens == 20
+    assert a[0].text == "A" and a[0].new_tokens == 1 + len(end_ids) and a[0].ended
+    assert b[0].text.startswith("BB") and b[0].new_tokens == 20 and not b[0].ended
     monkeypatch.setattr(generator.model, "generate", real_generate)
 
 
@@ -85,7 +85,7 @@ def test_sampling_and_beams_and_return_sequences(generator):
     ({"max_new_tokens": 0}, "max_new_tokens"), ({"max_new_tokens": 10**6}, "max_new_tokens"),
     ({"temperature": 0}, "temperature"), ({"top_p": 1.5}, "top_p"), ({"top_k": -1}, "top_k"),
     ({"num_beams": 0}, "num_beams"), ({"repetition_penalty": 0}, "repetition_penalty"),
-    ({"num_return_sequences": 2}, "needs do_sample"), ({"beam_size": 3}, "unknown generation settings"),
+    ({"num_return_sequences": 2}, "needs do_sample"), ({"no_repeat_ngram_size": -1}, "no_repeat_ngram_size"), ({"beam_size": 3}, "unknown generation settings"),
 ])
 def test_settings_out_of_range_are_clear_errors(bad, message):
     with pytest.raises(ValueError, match=message):
@@ -141,3 +141,40 @@ def test_token_f1_and_rouge_l():
     assert rouge_l("plant garlic deep", "plant garlic deep") == 1.0
     assert 0 < rouge_l("plant the garlic cloves", "plant garlic 5 cm deep") < 1
     assert rouge_l("", "anything") == 0.0
+
+
+def test_no_repeat_ngram_size_stops_a_loop(generator):
+    """A random tiny model loops within a few tokens; the setting reaches generate and forbids repeated 3-grams."""
+    tok, model = generator.tokenizer, generator.model
+    enc = tok(dolly_prompt(QUESTIONS[0]), return_tensors="pt")
+
+    def new_ids(settings):
+        with torch.inference_mode():
+            out = model.generate(**enc, generation_config=settings.to_generation_config(tok))
+        ids = out[0, enc.input_ids.shape[1]:].tolist()
+        return len(ids) - 2 - len({tuple(ids[i:i + 3]) for i in range(len(ids) - 2)})
+
+    assert new_ids(GenerationSettings(max_new_tokens=40)) > 0  # the loop the setting must remove
+    assert new_ids(GenerationSettings(max_new_tokens=40, no_repeat_ngram_size=3)) == 0
+
+
+def test_repeated_ngrams_and_faithfulness():
+    import numpy as np
+
+    from garden_assets.llm.metrics import faithfulness, repeated_ngram_share, sentences
+
+    assert repeated_ngram_share("water the roots deeply once a week") == 0.0
+    loop = "I have had problems with acidic soil. " * 4
+    assert repeated_ngram_share(loop) > 0.6 and repeated_ngram_share("") == 0.0
+    assert sentences("Yes. Water them deeply every week. Hope this helps!") == ["Water them deeply every week."]
+
+    def embed(texts):  # bag-of-words vectors: identical sentences → 1.0, disjoint ones → 0.0
+        vocab = sorted({w for t in texts for w in t.lower().split()})
+        v = np.array([[t.lower().split().count(w) for w in vocab] for t in texts], dtype=float)
+        return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+    source = "Blueberries want acidic soil around pH 5. Add pine needles as mulch every spring."
+    assert faithfulness("Blueberries want acidic soil around pH 5.", [source], embed) == 1.0
+    half = "Blueberries want acidic soil around pH 5. Roses love a sunny south wall."
+    assert faithfulness(half, [source], embed) == 0.5
+    assert faithfulness(half, [], embed) is None and faithfulness("Yes.", [source], embed) is None

@@ -14,7 +14,7 @@ from ..compute import ComputeSpec, load_profile
 from ..llm.evaluation import ROWS_VERSION, VARIANTS, EvalPlan, RetrievalSetting, load_test_questions, run_evaluation, summarize
 from ..llm.generate import GenerationSettings, Generator
 from ..llm.models import base_model_path, require_checkpoint, tuned_model_path
-from ..retrieval.store import DEFAULT_KEY
+from ..llm.rag import DEFAULT_RETRIEVAL
 from .finetune import BaseModel, base_model, dataset_dir, finetune_dataset, tuned_model
 from .index import EMBEDDING, IndexConfig, qa_index, store_for
 from .metadata import counts, markdown_table
@@ -61,9 +61,9 @@ class GenerationChange(dg.Config):
 
 
 class Retrieval(dg.Config):
-    k: int = 3
-    key: str = DEFAULT_KEY  # the qa_index table to search: qa_index must have been built with this key
-    mode: str = "hybrid"
+    k: int = DEFAULT_RETRIEVAL.k
+    key: str = DEFAULT_RETRIEVAL.key  # the qa_index table to search: qa_index must have been built with this key
+    mode: str = DEFAULT_RETRIEVAL.mode
 
     def setting(self) -> RetrievalSetting:
         return RetrievalSetting(k=self.k, key=self.key, mode=self.mode)
@@ -132,7 +132,7 @@ def evaluation_answers(context: dg.AssetExecutionContext, config: EvalConfig, pa
         models = {m: require_checkpoint(where[m], f"{m}_model") for m in plan.models()}
     except (FileNotFoundError, ValueError) as e:
         raise dg.Failure(description=str(e)) from None
-    precision = GENERATION.resolve_precision()
+    precision = GENERATION.resolve_inference_precision()
 
     def load_generator(which: str) -> Generator:
         context.log.info(f"loading the {which} model from {models[which]} ({device}, {precision})")

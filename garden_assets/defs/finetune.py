@@ -59,7 +59,7 @@ class DatasetConfig(dg.Config):
     answers: str = "all"  # "accepted" (only accepted answers) or "all" (with min_answer_score)
     min_answer_score: int | None = None
     max_length: int = 768  # tokens; longer rows are dropped and counted, never truncated
-    rag_k: int = 2  # RAFT: passages retrieved into each training prompt (0: no context)
+    rag_k: int = DEFAULT_RETRIEVAL.k  # RAFT: passages retrieved into each training prompt (0: no context)
     oracle_share: float = _DATASET.oracle_share  # train rows whose own answer is one of the passages
     answer_tokens: int | None = _DATASET.answer_tokens  # longer train answers keep their leading sentences
     epochs: float = 1.0  # only for the tokens × epochs figure

@@ -23,7 +23,7 @@ MIN_DOC_TOKENS = 32
 
 @dataclass(frozen=True)
 class RetrievalSetting:
-    k: int = 3
+    k: int = 2  # passages per RAG prompt; also what RAFT training prompts hold (docs/evaluation.md)
     key: str = DEFAULT_KEY
     mode: str = DEFAULT_MODE
 
@@ -180,7 +180,8 @@ def _trim_to_fit(question, context, passages, doc, count_tokens, limit, tokenize
 class Assistant:
     """Answers questions with one model, with or without retrieval from a `QAStore`."""
 
-    def __init__(self, generator: Generator, store=None, *, k: int = 3, mode: str = "hybrid") -> None:
+    def __init__(self, generator: Generator, store=None, *, k: int = DEFAULT_RETRIEVAL.k,
+                 mode: str = DEFAULT_RETRIEVAL.mode) -> None:
         if k < 1:
             raise ValueError(f"k must be ≥ 1, got {k}")
         self.generator = generator

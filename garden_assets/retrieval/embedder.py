@@ -22,6 +22,8 @@ from typing import Callable, Literal, Sequence
 import numpy as np
 import polars as pl
 
+from ..compute import cpu_has_native_bf16
+
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 _PACKAGED = {"all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
 
@@ -51,19 +53,15 @@ def resolve_model(model: str | Path | None) -> tuple[str, str]:
     return str(model), str(model)
 
 
+def index_id_for(model_name: str, long_text: str) -> str:
+    """What decides the vectors: the model and how long texts are handled (precision does not)."""
+    return model_name + ("" if long_text == "truncate" else "#mean")
+
+
 def model_slug(model_name: str) -> str:
     """A short table-name-safe id: the model's base name plus a hash of the full name (paths can collide)."""
     base = re.sub(r"[^a-z0-9]+", "-", Path(model_name).name.lower()).strip("-") or "model"
     return f"{base}-{hashlib.sha1(model_name.encode()).hexdigest()[:6]}"
-
-
-def cpu_has_native_bf16() -> bool:
-    """True on x86 CPUs with AVX512-BF16 or AMX-BF16 (Linux ``/proc/cpuinfo``); there bf16 matmuls are fast."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return bool(re.search(r"\b(avx512_bf16|amx_bf16)\b", flags))
 
 
 def resolve_device(device: str = "auto") -> str:
@@ -151,8 +149,7 @@ class Embedder:
 
     @property
     def index_id(self) -> str:
-        """What decides the vectors: the model and how long texts are handled (precision does not)."""
-        return self.model_name + ("" if self.long_text == "truncate" else "#mean")
+        return index_id_for(self.model_name, self.long_text)
 
     def __repr__(self) -> str:
         return (f"Embedder({self.model_name!r}, dim={self.dimension}, device={self.device}, "
