@@ -23,12 +23,15 @@ def scan_drops(folder: str | Path, settle_seconds: float = 0.0) -> tuple[list[Dr
     """Drops in ``folder``: a sub-folder holding ``Posts.xml`` or a ``.7z``, a ``.7z`` file, or a ``Posts.xml``.
 
     Entries still being written (modified less than ``settle_seconds`` ago) and hidden or ``.tmp``/``.part``
-    names are left for a later scan. Returns the drops and, for entries that are not drops, a reason each.
+    names are left for a later scan. Returns the drops and, for entries that are not drops, a reason each; a
+    missing ``folder`` is a ``DumpError``.
     """
     folder = Path(folder)
+    if not folder.is_dir():
+        raise DumpError(f"{folder}: no such folder (GARDEN_DROPS names the folder that holds the drops)")
     drops, problems = [], []
     now = time.time()
-    for entry in sorted(folder.iterdir()) if folder.is_dir() else []:
+    for entry in sorted(folder.iterdir()):
         if entry.name.startswith(".") or entry.suffix in (".tmp", ".part"):
             continue
         if entry.is_file() and entry.suffix.lower() != ".7z" and entry.name.lower() != "posts.xml":

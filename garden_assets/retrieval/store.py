@@ -31,7 +31,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from .embedder import KEYS, build_key_text, model_slug
+from .embedder import KEYS, build_key_text, index_id_for, model_slug, resolve_model
 from .search import CANDIDATES, HIT_COLUMNS, Hit, check_mode, fuse, hits_from_arrow
 
 PAIR_COLUMNS = [
@@ -398,6 +398,19 @@ DEFAULT_KEY = "question+answer"
 # the first window already holds the question, the best match for a question query; averaging in the answer's
 # tail dilutes it and costs more windows (docs/retrieval.md).
 LONG_TEXT_BY_KEY = {"answer": "mean", "question+answer": "truncate", "body+answer": "truncate"}
+
+
+def has_index(uri: str | Path, *, key: str = DEFAULT_KEY, model: str | Path | None = None,
+              storage_options: dict[str, str] | None = None) -> bool:
+    """Whether ``open_store`` with these settings finds a table, answered without loading the model."""
+    import lancedb
+
+    name = table_name(key, index_id_for(resolve_model(model)[0], LONG_TEXT_BY_KEY[key]))
+    try:
+        lancedb.connect(str(uri), storage_options=storage_options).open_table(name)
+    except (FileNotFoundError, ValueError):
+        return False
+    return True
 
 
 def open_store(uri: str | Path, *, key: str = DEFAULT_KEY, model: str | Path | None = None, device: str = "auto",

@@ -18,13 +18,16 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .reader import BATCH_ROWS, ByteRange, ReadStats, drop_name, find_posts, first_range, iter_batches, plan_ranges
+from .reader import (BATCH_ROWS, ByteRange, ReadStats, drop_name, find_posts, first_range, iter_batches, plain_prolog,
+                     plan_ranges)
 from .text import clean_posts
 
 # A range per thread: 6 MB keeps peak RSS near 260 MB with two threads and three ranges in flight (8 MB: ~300 MB,
 # 4 MB: ~8% slower from more, smaller polars calls).
 RANGE_BYTES = 6 << 20
 RANGE_BATCH_ROWS = 1 << 14  # a range is cleaned in one batch
+OUTPUT_MARK = (b"written_by", b"garden ingest")  # Parquet schema metadata of our outputs (see is_ingest_output)
+SKIP_EXAMPLES = 5  # "file:line: reason" of the first skipped rows, in the figures
 
 
 def _clean_batches(dump, drop, stats, byte_range, min_score, max_body_chars) -> Iterator[pa.Table]:
@@ -58,7 +61,7 @@ def iter_clean(
     file, member = find_posts(dump)
     drop = drop_name(dump)
     workers = workers or os.cpu_count() or 1
-    if member or workers == 1 or file.stat().st_size <= range_bytes:
+    if member or workers == 1 or file.stat().st_size <= range_bytes or not plain_prolog(file):
         yield from _clean_batches(dump, drop, stats, None, min_score, max_body_chars)
         return
     pool = ThreadPoolExecutor(workers, thread_name_prefix="ingest")
@@ -110,6 +113,7 @@ def ingest(
             questions += int((post_type == 1).sum())
             answers += int((post_type == 2).sum())
             if tmp is not None:
+                table = table.replace_schema_metadata({**(table.schema.metadata or {}), OUTPUT_MARK[0]: OUTPUT_MARK[1]})
                 writer = writer or pq.ParquetWriter(tmp, table.schema, compression="zstd")
                 writer.write_table(table)
         if writer is not None:
@@ -125,10 +129,20 @@ def ingest(
         "answers": answers,
         "skipped": stats.skipped_total,
         "skipped_by_reason": dict(stats.skipped),
+        "skipped_examples": stats.examples[:SKIP_EXAMPLES],
         "seconds": round(seconds, 3),
         "mb_per_s": round(file.stat().st_size / 1e6 / seconds, 2),
         "peak_rss_mb": peak_rss_mb(),
     }
+
+
+def is_ingest_output(path: str | Path) -> bool:
+    """Whether ``path`` is a Parquet file ``ingest`` wrote (safe to replace)."""
+    try:
+        metadata = pq.read_schema(path).metadata or {}
+    except (OSError, pa.ArrowInvalid):
+        return False
+    return metadata.get(OUTPUT_MARK[0]) == OUTPUT_MARK[1]
 
 
 def peak_rss_mb() -> float:

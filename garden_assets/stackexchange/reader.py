@@ -83,12 +83,19 @@ def find_posts(path: str | Path) -> tuple[Path, str | None]:
     """Resolve a drop (a ``Posts.xml``, a folder holding one or a ``.7z``, or a ``.7z``) to (file, 7z member)."""
     path = Path(path)
     if path.is_dir():
-        candidates = sorted(path.glob("Posts.xml")) or sorted(path.glob("*.7z"))
+        if path.name.lower() == "posts.xml" and not (path / path.name).exists():
+            raise DumpError(f"{path}: is a folder, not a Posts.xml file")
+        candidates = sorted(p for p in [*path.glob("Posts.xml"), *path.glob("*.7z")] if p.is_file())
         if not candidates:
             raise DumpError(f"{path}: folder holds neither Posts.xml nor a .7z archive")
+        if len(candidates) > 1:
+            names = ", ".join(p.name for p in candidates)
+            raise DumpError(f"{path}: folder holds {len(candidates)} candidate dumps ({names}): keep one per folder")
         path = candidates[0]
     if not path.exists():
         raise DumpError(f"{path}: no such file")
+    if path.is_dir():
+        raise DumpError(f"{path}: is a folder, not a dump file")
     if path.suffix.lower() == ".7z":
         return path, _posts_member(path)
     return path, None
@@ -231,6 +238,19 @@ def plan_ranges(path: str | Path, range_bytes: int = 8 << 20) -> list[ByteRange]
     ends = starts[1:] + [size]
     n = len(starts)
     return [ByteRange(s, e, l, i == 0, i == n - 1) for i, (s, e, l) in enumerate(zip(starts, ends, lines))]
+
+
+def plain_prolog(path: str | Path, head_bytes: int = 1 << 16) -> bool:
+    """True when everything before the first row is what every range can do without: an XML declaration and a
+    bare ``<posts>``. A DOCTYPE (entities used later in the file), comments, processing instructions or root
+    attributes (namespaces) are seen only by a reader of the whole file, so such a file is read in one lxml pass."""
+    with open(path, "rb") as f:
+        head = f.read(head_bytes)
+    end = head.find(b"<row")
+    try:
+        return end >= 0 and _PROLOG.fullmatch(head[:end].decode("utf-8")) is not None
+    except UnicodeDecodeError:
+        return False
 
 
 def first_range(path: str | Path, range_bytes: int = 8 << 20) -> ByteRange:
