@@ -14,9 +14,7 @@ from .plots import png_markdown, pyplot
 from .resources import GardenPaths
 
 EMBEDDING = load_profile(asset="embedding", defaults=ComputeSpec(device="auto", batch_size=32))
-
-
-RETRIES = 2  # qa_index attempts after a LanceDB commit conflict
+RETRIES = 2  # qa_index attempts after a LanceDB commit conflict (the only error a retry can fix)
 
 
 class IndexConfig(dg.Config):

@@ -15,6 +15,9 @@ import dagster as dg
 import psutil
 from dagster._core.launcher import CheckRunHealthResult, WorkerStatus  # not re-exported by `dagster`
 
+IN_PROGRESS = [dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]
+FINISHED = [dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED]
+
 
 def run_process(instance: dg.DagsterInstance, run_id: str) -> tuple[int, float] | None:
     """(pid, timestamp) of the process that executes the run, from its latest run-level engine event with a pid
@@ -32,8 +35,10 @@ def process_gone(pid: int, since: float) -> bool:
     try:
         proc = psutil.Process(pid)
         return proc.status() == psutil.STATUS_ZOMBIE or proc.create_time() > since + 1
-    except psutil.NoSuchProcess:
+    except psutil.NoSuchProcess:  # includes ZombieProcess
         return True
+    except psutil.AccessDenied:  # someone else's process: it exists
+        return False
 
 
 def dead_run_message(instance: dg.DagsterInstance, run: dg.DagsterRun) -> str | None:
@@ -48,7 +53,7 @@ def fail_dead_runs(instance: dg.DagsterInstance) -> list[str]:
     """Fail in-progress runs whose process is gone and free the pool slots ended runs still hold; returns the
     ids of the runs failed."""
     failed = []
-    for run in instance.get_runs(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING])):
+    for run in instance.get_runs(dg.RunsFilter(statuses=IN_PROGRESS)):
         message = dead_run_message(instance, run)
         if message is not None:
             instance.report_run_failed(run, message)
@@ -56,13 +61,11 @@ def fail_dead_runs(instance: dg.DagsterInstance) -> list[str]:
     storage = instance.event_log_storage
     if storage.supports_global_concurrency_limits:
         holding = storage.get_concurrency_run_ids()
-        ended = instance.get_runs(dg.RunsFilter(run_ids=list(holding), statuses=list(FINISHED))) if holding else []
+        ended = instance.get_runs(dg.RunsFilter(run_ids=list(holding), statuses=FINISHED)) if holding else []
         for run in ended:
             storage.free_concurrency_slots_for_run(run.run_id)
     return failed
 
-
-FINISHED = (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)
 
 
 class LocalRunLauncher(dg.DefaultRunLauncher):
