@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/train.py                      # real Gemma 3 270M (packaged GGUF → checkpoint)
     .venv/bin/python benchmarks/train.py --model tiny         # tiny random Gemma 3 (Gemma tokenizer if converted)
     .venv/bin/python benchmarks/train.py --demo-only          # just time the default CPU demo
+    .venv/bin/python benchmarks/train.py --interleaved-steps 0 --skip-runs --skip-demo --json   # only ours vs TRL
 
 The dolly recipe = the databricks dolly-v2 trainer's choices: random-order batches padded to the longest row
 (multiple of 8), loss from full logits over every position (``--batching padded --loss full``). Ours = length-
@@ -14,7 +15,16 @@ Three measurements:
    so background load on a shared machine hits both alike; reports total and median-of-pairs ratios;
 2. two end-to-end trainer runs (subprocesses, one epoch each, sequential): tokens/s as the trainer logs it and
    the final eval loss on the same held-out rows with the same evaluator (must agree within 5%);
-3. the default CPU demo (`training.config.demo_config`: ≈ 15k tokens) on all train rows: wall time.
+3. the default CPU demo (`training.config.demo_config`: ≈ 15k tokens) on all train rows: wall time;
+4. ours vs TRL's ``SFTTrainer`` (``--trl-steps N``, 0: skip; needs ``pip install -e '.[bench]'``): the tuned_model
+   recipe's LoRA (r=16, alpha 32, all linear layers, lr 1e-3, batch 4, fp32 CPU) for N steps on the same train rows,
+   each trainer in its own subprocess; TRL gets the rows as ``{"prompt", "completion"}`` with
+   ``completion_only_loss=True``, the same schedule and, by default, the very batches our trainer plans
+   (``--trl-sampler``), no gradient checkpointing and fp32 (its defaults would be bf16 autocast and checkpointing).
+   Reports tokens/s (non-pad tokens per second of training steps, collation included) and the final eval loss of
+   both models on the same test rows with the same evaluator (ours, `training.trainer.evaluate`). TRL 1.16 has no option for logits only at label positions on CPU: its fused
+   LM head scores only the label positions on CUDA/XPU (Triton) and every position, in vocabulary chunks, elsewhere.
+   ``--json``: one line per trainer, ``trainer, tokens_per_s, eval_loss, steps, seconds``.
 
 Data: a Stack Exchange ``Posts.xml`` (default: the shared coffee dump) turned into qa_pairs by the project's
 ingestion library, or ``--pairs some.parquet``.
@@ -148,6 +158,187 @@ def interleaved_speed(model_path: str, train_file: Path, batch_size: int, steps:
             for name in recipes} | {"steps_timed": steps - 1, "median_pair_ratio": pair_ratios[len(pair_ratios) // 2]}
 
 
+# -- ours vs TRL's SFTTrainer -----------------------------------------------------------------------------------------
+def trl_missing() -> str | None:
+    """Why the TRL baseline cannot run here (None: it can)."""
+    import importlib.util
+
+    missing = [m for m in ("trl", "datasets") if importlib.util.find_spec(m) is None]
+    return f"{' and '.join(missing)} not installed" if missing else None
+
+
+def recipe_argv(model_path: str, work: Path, args) -> list[str]:
+    """Our trainer on the tuned_model recipe's LoRA settings (training.config.tune_config, CPU) for --trl-steps."""
+    from garden_assets.training.config import RECIPE_LORA_R, RECIPE_LORA_TARGETS, RECIPE_LR
+
+    return ["--train-file", str(work / "train.jsonl"), "--test-file", str(work / "test.jsonl"),
+            "--base-model", model_path, "--output-dir", str(work / "run-ours-recipe"), "--no-merge",
+            "--device", "cpu", "--precision", "fp32", "--batch-size", str(args.batch_size),
+            "--max-length", str(args.max_length), "--lr", str(RECIPE_LR), "--lora-r", str(RECIPE_LORA_R),
+            "--lora-alpha", str(2 * RECIPE_LORA_R), "--lora-targets", ",".join(RECIPE_LORA_TARGETS),
+            "--max-steps", str(args.trl_steps), "--save-steps", "0"]
+
+
+def trl_worker(spec_file: str) -> None:
+    """One SFTTrainer run (in its own process, like our trainer's): the spec in, metrics.json out."""
+    spec = json.loads(Path(spec_file).read_text())
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
+    from garden_assets.llm.dataset import encode_examples, read_jsonl
+    from garden_assets.llm.models import load_tokenizer
+    from garden_assets.training.config import TrainConfig
+    from garden_assets.training.data import load_examples, plan_steps
+    from garden_assets.training.trainer import evaluate, supports_logits_mask
+
+    started = time.time()
+    defaults = TrainConfig(train_file="", base_model="", output_dir="")  # warm-up, dropout, clipping, seed: ours
+    tok = load_tokenizer(spec["model"])
+    rows = read_jsonl(spec["train_file"])
+    train = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
+    model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=torch.float32)
+    model.config.use_cache = False
+    steps = spec["steps"]
+    config = SFTConfig(
+        output_dir=spec["output_dir"], max_steps=steps, per_device_train_batch_size=spec["batch_size"],
+        learning_rate=spec["lr"], lr_scheduler_type="linear",
+        warmup_steps=int(defaults.warmup_ratio * steps),  # ours: int(ratio × steps); a float ratio would round up
+        weight_decay=defaults.weight_decay, max_grad_norm=defaults.max_grad_norm, seed=defaults.seed,
+        completion_only_loss=True, max_length=spec["max_length"], packing=False,
+        train_sampling_strategy="random" if spec["sampler"] == "random" else "group_by_length",
+        gradient_checkpointing=False, bf16=False, fp16=False, use_cpu=True,  # TRL defaults: checkpointing, bf16
+        logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True, dataloader_num_workers=0,
+    )
+    lora = LoraConfig(r=spec["lora_r"], lora_alpha=spec["lora_alpha"], lora_dropout=defaults.lora_dropout,
+                      target_modules=spec["lora_targets"], task_type="CAUSAL_LM")
+
+    order = None  # --trl-sampler ours: the very batches our trainer plans (plan_steps), in its order
+    if spec["sampler"] == "ours":
+        examples, dropped = load_examples(spec["train_file"], tok, spec["max_length"])
+        if dropped:
+            sys.exit(f"--trl-sampler ours: {dropped} train rows exceed --max-length (indices would not line up)")
+        plan = plan_steps(examples, batch_size=spec["batch_size"], grad_accum=1, world_size=1, seed=defaults.seed,
+                          grouped=True, epochs=defaults.epochs, max_steps=steps, max_train_tokens=None)
+        micro = [b for sp in plan for b in sp.micro]
+        if any(len(b) != spec["batch_size"] for b in micro):
+            sys.exit("--trl-sampler ours: a planned batch is short of --batch-size; use --trl-sampler group_by_length")
+        order = [i for b in micro for i in b]
+
+    class PlannedSFTTrainer(SFTTrainer):
+        def _get_train_sampler(self, train_dataset=None):
+            return order if order is not None else super()._get_train_sampler(train_dataset)
+
+    trainer = PlannedSFTTrainer(model=model, args=config, train_dataset=train, processing_class=tok, peft_config=lora)
+
+    # TRL tokenizes prompt + completion + EOS text in one call; ours tokenizes prompt and completion apart
+    ours = encode_examples(tok, [r["prompt"] for r in rows], [r["completion"] for r in rows])
+    theirs = trainer.train_dataset
+    same_ids = sum(list(t) == ids for t, (ids, _) in zip(theirs["input_ids"], ours))
+    same_mask = sum(list(t) == ids and list(lab) == [-100] * n + ids[n:] for t, lab, (ids, n)
+                    in zip(theirs["input_ids"], theirs["labels"], ours))
+
+    # per collated batch, in order: (seconds, non-pad tokens); the dataloader runs a batch ahead, so step k pops the
+    # k-th batch rather than whatever was collated since the last step
+    clock = {"batches": [], "begin": 0.0, "steps": []}
+    collator = trainer.data_collator
+
+    def timed_collator(features):
+        t0 = time.perf_counter()
+        batch = collator(features)
+        clock["batches"].append((time.perf_counter() - t0, int(batch["attention_mask"].sum())))
+        return batch
+
+    trainer.data_collator = timed_collator  # the train dataloader is built in train(), from this attribute
+
+    class StepClock(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            clock["begin"] = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            # this step's forward/backward/optimizer + the collation of its batch (fetched before on_step_begin)
+            collate_s, tokens = clock["batches"].pop(0)  # gradient_accumulation_steps is 1: one batch a step
+            clock["steps"].append({"step_time_s": time.perf_counter() - clock["begin"] + collate_s,
+                                   "step_tokens": tokens})
+
+    trainer.add_callback(StepClock())
+    trainer.train()
+    step_log = clock["steps"]
+    train_loss = [r["loss"] for r in trainer.state.log_history if "loss" in r]
+
+    test, _ = load_examples(spec["test_file"], tok, spec["max_length"])
+    eval_loss = evaluate(trainer.model, test, batch_size=spec["batch_size"] * 2, pad_id=tok.pad_token_id,
+                         accelerator=trainer.accelerator, logits_mask=supports_logits_mask(trainer.model))
+    tokens = sum(r["step_tokens"] for r in step_log)
+    seconds = sum(r["step_time_s"] for r in step_log)
+    warm = step_log[1:] or step_log
+    metrics = {"steps": len(step_log), "train_tokens": tokens, "train_time_s": round(seconds, 3),
+               "tokens_per_s": tokens / max(seconds, 1e-9),
+               "steady_tokens_per_s": sum(r["step_tokens"] for r in warm) / sum(r["step_time_s"] for r in warm),
+               "eval_loss": eval_loss, "train_loss": train_loss[-1] if train_loss else None,
+               "rows": len(rows), "rows_same_tokens": same_ids, "rows_same_tokens_and_mask": same_mask,
+               "trainable_params": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
+               "activation_checkpointing": bool(getattr(trainer.model.get_base_model(), "is_activation_checkpointing",
+                                                        False)),
+               "step_log": step_log, "wall_time_s": round(time.time() - started, 2)}
+    Path(spec["output_dir"], "metrics.json").write_text(json.dumps(metrics, indent=2))
+
+
+def trl_comparison(model_path: str, work: Path, args) -> dict | None:
+    """Ours (tuned_model recipe's LoRA) vs TRL SFTTrainer, same rows, same steps, same eval; None if TRL is missing."""
+    from garden_assets.training.config import RECIPE_LORA_R, RECIPE_LORA_TARGETS, RECIPE_LR
+
+    why = trl_missing()
+    if why:
+        print(f"trl baseline skipped: {why} (install the benchmark extra: .venv/bin/pip install -e '.[bench]')")
+        return None
+    import trl
+
+    out = work / "run-ours-recipe"
+    wall = run_trainer(recipe_argv(model_path, work, args), work / "ours-recipe.log")
+    ours = summarize(out) | {"wall_s": wall}
+
+    trl_out = work / "run-trl"
+    trl_out.mkdir(parents=True, exist_ok=True)
+    (trl_out / "metrics.json").unlink(missing_ok=True)
+    spec = {"model": model_path, "train_file": str(work / "train.jsonl"), "test_file": str(work / "test.jsonl"),
+            "output_dir": str(trl_out), "steps": args.trl_steps, "batch_size": args.batch_size,
+            "max_length": args.max_length, "lr": RECIPE_LR, "lora_r": RECIPE_LORA_R, "lora_alpha": 2 * RECIPE_LORA_R,
+            "lora_targets": list(RECIPE_LORA_TARGETS), "sampler": args.trl_sampler}
+    (trl_out / "spec.json").write_text(json.dumps(spec, indent=2))
+    log = work / "trl.log"
+    start = time.perf_counter()
+    with log.open("w") as fh:
+        proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--trl-worker", str(trl_out / "spec.json")],
+                              stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    if proc.returncode:
+        sys.exit(f"TRL SFTTrainer run failed (exit {proc.returncode}); see {log}")
+    theirs = json.loads((trl_out / "metrics.json").read_text()) | {"wall_s": time.perf_counter() - start}
+
+    result = {"trl_version": trl.__version__, "ours": ours, "trl": theirs,
+              "tokens_per_s_ratio": ours["tokens_per_s"] / theirs["tokens_per_s"],
+              "steady_tokens_per_s_ratio": ours["steady_tokens_per_s"] / theirs["steady_tokens_per_s"],
+              "eval_loss_ratio": ours["eval_loss"] / theirs["eval_loss"]}
+    print(f"ours vs TRL {trl.__version__} SFTTrainer ({args.trl_steps} steps each, LoRA r={RECIPE_LORA_R} on "
+          f"{len(RECIPE_LORA_TARGETS)} linear layers, lr {RECIPE_LR:g}, batch {args.batch_size}, fp32 CPU; "
+          f"TRL batches: {args.trl_sampler}; TRL tokenization = ours on "
+          f"{theirs['rows_same_tokens_and_mask']}/{theirs['rows']} rows):")
+    for name, m in (("ours", ours), ("trl", theirs)):
+        print(f"  {name:4s} tokens/s {m['tokens_per_s']:7.1f} (steady {m['steady_tokens_per_s']:7.1f})  "
+              f"{m['steps']} steps, {m['train_tokens']} tokens in {m['train_time_s']:.1f} s  "
+              f"eval loss {m['eval_loss']:.4f}  {m['trainable_params']:,} trainable  wall {m['wall_s']:.0f} s")
+    print(f"  ours/TRL: {result['tokens_per_s_ratio']:.2f}x tokens/s (steady {result['steady_tokens_per_s_ratio']:.2f}x); "
+          f"eval loss ours/TRL = {result['eval_loss_ratio']:.4f}")
+    if args.json:
+        for name, m in (("ours", ours), ("trl", theirs)):
+            print(json.dumps({"trainer": name, "tokens_per_s": round(m["tokens_per_s"], 2),
+                              "eval_loss": round(m["eval_loss"], 5), "steps": m["steps"],
+                              "seconds": round(m["train_time_s"], 3)}))
+    return result
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="gemma", help="gemma (packaged Gemma 3 270M), tiny, or a checkpoint dir")
@@ -164,7 +355,17 @@ def main() -> None:
     p.add_argument("--skip-runs", action="store_true", help="skip the two end-to-end trainer runs")
     p.add_argument("--skip-demo", action="store_true")
     p.add_argument("--demo-only", action="store_true")
+    p.add_argument("--trl-steps", type=int, default=6,
+                   help="steps of ours vs TRL SFTTrainer on the tuned_model recipe's LoRA (0: skip; needs .[bench])")
+    p.add_argument("--trl-sampler", choices=["ours", "group_by_length", "random"], default="ours",
+                   help="TRL's batches: ours (the same batches our trainer plans), transformers' length-grouped "
+                        "sampler, or its default random order")
+    p.add_argument("--json", action="store_true", help="one JSON line per trainer of the TRL comparison")
+    p.add_argument("--trl-worker", help=argparse.SUPPRESS)  # internal: one SFTTrainer run from a spec file
     args = p.parse_args()
+    if args.trl_worker:
+        trl_worker(args.trl_worker)
+        return
 
     from garden_assets.llm.models import PACKAGED_GEMMA, load_tokenizer, resolve_base_model, tiny_random_model
 
@@ -209,6 +410,11 @@ def main() -> None:
         print(f"speed-up: {o['tokens_per_s'] / d['tokens_per_s']:.2f}x tokens/s "
               f"(steady {o['steady_tokens_per_s'] / d['steady_tokens_per_s']:.2f}x); "
               f"eval loss ours/dolly = {o['eval_loss'] / d['eval_loss']:.4f}")
+
+    if args.trl_steps and not args.demo_only:
+        comparison = trl_comparison(model_path, work, args)
+        if comparison is not None:
+            results["trl_comparison"] = comparison
 
     if not args.skip_demo:
         from garden_assets.training.config import demo_config
