@@ -29,6 +29,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # shared dumps keep only 33–66 questions under the defaults, far from 40 held out.
 RELAXED_CLEAN = {"min_score": 0, "max_body_chars": 2000}
 TEST_FRACTION = 0.25
+STAGES = ("ingest", "pairs+index", "base_model", "dataset", "training", "evaluation")
 COLUMNS = ("variant", "questions", "token_f1", "rouge_l", "ended", "repeated_4grams", "faithfulness", "seconds")
 
 
@@ -43,7 +44,11 @@ def main() -> int:
     parser.add_argument("--dataset", type=json.loads, default={}, help="finetune_dataset run config (JSON)")
     parser.add_argument("--generation", type=json.loads, default={}, help="evaluation generation settings (JSON)")
     parser.add_argument("--variants", default=None, help="comma list (default: all five)")
+    parser.add_argument("--evaluation", type=json.loads, default={},
+                        help="more evaluation_answers run config (JSON), e.g. a generation_sweep")
     parser.add_argument("--keep", type=Path, default=None, help="use this folder as GARDEN_HOME and keep it")
+    parser.add_argument("--start", choices=STAGES, default=STAGES[0],
+                        help="skip the stages before this one (their outputs must be in --keep)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -100,7 +105,7 @@ def run(home: Path, drops: Path, name: str, site: str, base: str | None, args) -
         "model": finetune.BaseModel(**({"spec": base} if base else {})),
         "pipes_subprocess_client": dg.PipesSubprocessClient(message_reader=CompleteLineMessageReader()),
     }
-    evaluation_config = {"questions": 100_000, "generation": args.generation}
+    evaluation_config = {"questions": 100_000, "generation": args.generation, **args.evaluation}
     if args.variants:
         evaluation_config["variants"] = args.variants.split(",")
     config = {"ops": {
@@ -112,9 +117,9 @@ def run(home: Path, drops: Path, name: str, site: str, base: str | None, args) -
     }}
     stages: dict[str, float] = {}
     began = time.perf_counter()
-    for label, selection, partition in (("ingest", assets[:2], name), ("pairs+index", assets[2:4], None),
-                                        ("base_model", assets[4:5], None), ("dataset", assets[5:6], None),
-                                        ("training", assets[6:7], None), ("evaluation", assets[7:8], None)):
+    selections = [(assets[:2], name), (assets[2:4], None), (assets[4:5], None), (assets[5:6], None),
+                  (assets[6:7], None), (assets[7:8], None)]
+    for label, (selection, partition) in list(zip(STAGES, selections))[STAGES.index(args.start):]:
         t0 = time.perf_counter()
         ops = {k: v for k, v in config["ops"].items() if k in {a.key.path[-1] for a in selection}}
         result = dg.materialize(assets, selection=selection, partition_key=partition, instance=instance,
@@ -125,8 +130,8 @@ def run(home: Path, drops: Path, name: str, site: str, base: str | None, args) -
             raise SystemExit(f"{label} failed: {failure[0].step_failure_data.error or failure[0].step_failure_data}"
                              if failure else f"{label} failed")
     rows = pl.read_parquet(home / "storage" / "evaluation_answers.parquet")
-    main = summarize(rows).filter(pl.col("sweep") == "main")
-    table = [{k: r[k] for k in COLUMNS} for r in main.iter_rows(named=True)]
+    table = [{**({} if r["sweep"] == "main" else {"sweep": r["sweep"], "setting": r["setting"]}),
+              **{k: r[k] for k in COLUMNS}} for r in summarize(rows).iter_rows(named=True)]
     return {"table": table, "questions": rows["question_id"].n_unique(), "stages": stages,
             "wall_s": time.perf_counter() - began}
 

@@ -145,7 +145,7 @@ def _ask(args: argparse.Namespace) -> int:
                 raise FileNotFoundError(f"no index at {lance_uri()} for key {args.key!r}: materialize the "
                                         "qa_index asset first (make run)")
     except (ValueError, FileNotFoundError) as e:
-        raise SystemExit(f"garden ask: {e}")
+        raise UsageError(f"ask: {e}") from None
     label = "retrieved (no model)" if args.no_model else f"{args.model} model"
     try:
         if args.no_model:
@@ -157,7 +157,7 @@ def _ask(args: argparse.Namespace) -> int:
             [answer] = Assistant(generator, store, k=args.k, mode=args.mode).ask(
                 [Question(question, args.context or "")], settings, rag=not args.no_rag)
     except ValueError as e:
-        raise SystemExit(f"garden ask: {e}")
+        raise UsageError(f"ask: {e}") from None
     if args.json:
         print(json.dumps({"model": None if args.no_model else args.model, "path": str(path) if path else None,
                           **answer.to_dict()}, default=str))
@@ -210,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=["hybrid", "vector", "fts"], default="hybrid")
     p.add_argument("--key", choices=["answer", "question+answer"], default="question+answer")
     p.add_argument("--context", help="more detail about the question (the Input: block)")
-    p.add_argument("--max-context-tokens", type=int, default=2048, help="prompt + answer window")
+    p.add_argument("--max-context-tokens", type=_at_least_one, default=2048, help="prompt + answer window")
     _add_generation_flags(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_ask)

@@ -11,16 +11,26 @@ from garden_assets.retrieval.testing import sample_pairs
 
 
 def ask(*argv):
-    with pytest.raises(SystemExit) as exc:
-        main(["ask", *argv])
-    return str(exc.value)
+    """The one stderr line of a refused ``garden ask`` (exit 2)."""
+    import contextlib
+    import io
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        try:
+            code = main(["ask", *argv])
+        except SystemExit as e:  # argparse's own refusals
+            code = e.code
+    assert code == 2, err.getvalue()
+    return err.getvalue().strip()
 
 
 def test_ask_bad_input(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("GARDEN_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("GARDEN_LANCE_URI", raising=False)
     monkeypatch.delenv("GARDEN_BASE_MODEL", raising=False)
-    assert ask("   ") == "garden ask: the question is empty"
+    assert ask("   ") == "garden: ask: the question is empty"
+    assert "must be ≥ 1" in ask("Why?", "--max-context-tokens", "0")
     assert "top_p must be in (0, 1]" in ask("Why?", "--top-p", "1.5")
     assert "max_new_tokens must be 1..4096" in ask("Why?", "--max-new-tokens", "0")
     assert "materialize the tuned_model asset first" in ask("Why?")

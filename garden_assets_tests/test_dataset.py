@@ -228,11 +228,15 @@ def test_raft_config_that_cannot_work_fails_before_anything_is_built(tok, raft_s
 
 
 def test_long_train_answers_keep_their_leading_sentences(tok):
-    from garden_assets.llm.dataset import leading_sentences
+    from garden_assets.llm.dataset import fits
+    from garden_assets.llm.rag import cap_passage, leading_sentences
 
     answer = "Water deeply once a week. Mulch keeps the soil moist. " * 20
-    lead = leading_sentences(answer, tok, 60)
+    lead = leading_sentences(answer, lambda t: fits(t, tok, 60))
     assert lead and answer.startswith(lead) and lead.endswith(".")
     assert len(tok(dolly_completion(lead), add_special_tokens=False)["input_ids"]) <= 60
-    assert leading_sentences("short answer.", tok, 60) == "short answer."
-    assert leading_sentences("x" * 500, tok, 60) is None  # no sentence fits: the row is dropped (counted)
+    assert leading_sentences("short answer.", lambda t: fits(t, tok, 60)) == "short answer."
+    assert leading_sentences("x" * 500, lambda t: fits(t, tok, 60)) is None  # no sentence fits: dropped (counted)
+    # a passage in a RAG prompt is cut the same way; one with no sentence that fits gets a token prefix + " …"
+    assert cap_passage(answer, tok, 60) == leading_sentences(answer, lambda t: len(tok(t)["input_ids"]) <= 60)
+    assert cap_passage("x" * 500, tok, 60).endswith(" …") and cap_passage(answer, tok, None) == answer

@@ -178,3 +178,14 @@ def test_repeated_ngrams_and_faithfulness():
     half = "Blueberries want acidic soil around pH 5. Roses love a sunny south wall."
     assert faithfulness(half, [source], embed) == 0.5
     assert faithfulness(half, [], embed) is None and faithfulness("Yes.", [source], embed) is None
+
+
+def test_a_quoted_passage_fits_the_answer_budget():
+    """The defaults agree: a model that quotes one whole (capped) passage still writes ``### End`` in budget, and
+    the fine-tune's answers are as long as generation allows."""
+    from garden_assets.llm.dataset import DatasetOptions
+    from garden_assets.llm.rag import DEFAULT_RETRIEVAL
+
+    budget = GenerationSettings().max_new_tokens
+    assert DEFAULT_RETRIEVAL.passage_tokens + 8 <= budget  # "\n\n### End" and EOS are < 8 tokens
+    assert DatasetOptions().answer_tokens == budget

@@ -158,6 +158,36 @@ def test_lora_run(setup, tmp_path):
     assert "nothing to do" in again and read_log(out) == log
 
 
+def test_time_budget_and_the_best_eval_loss_weights_are_published(setup, tmp_path):
+    """A time budget ends the run (not the planned steps); with a learning rate that overshoots, the published
+    weights are those of the evaluation with the lowest loss, not the last step's."""
+    import torch
+    from accelerate import Accelerator
+
+    from garden_assets.llm.models import load_tokenizer
+    from garden_assets.training.data import load_examples
+    from garden_assets.training.trainer import evaluate
+
+    out = tmp_path / "budget"
+    text = trainer(setup, out, "--max-steps", "100000", "--max-train-seconds", "3", "--eval-steps", "2",
+                   "--save-steps", "0", "--lr", "0.3", "--warmup-ratio", "0")
+    assert "time budget reached" in text
+    metrics = json.loads((out / "metrics.json").read_text())
+    evals = [(r["step"], r["eval_loss"]) for r in read_log(out) if r.get("eval_loss") is not None]
+    best_step, best_loss = min(evals, key=lambda e: e[1])
+    assert metrics["planned_steps"] == 100000 and 2 <= metrics["steps"] < 100000
+    assert (metrics["published_step"], metrics["best_eval_loss"]) == (best_step, best_loss)
+    # the published checkpoint really holds those weights: its eval loss is the best one, not the last one
+    model, _ = load_causal_lm(out / "model")
+    examples, _ = load_examples(str(setup["test"]), load_tokenizer(out / "model"), 1024)
+    loss = evaluate(model, examples, batch_size=8, pad_id=load_tokenizer(out / "model").pad_token_id,
+                    accelerator=Accelerator(cpu=True), logits_mask=True)
+    assert abs(loss - best_loss) < 1e-3
+    if best_step != metrics["steps"]:
+        assert abs(loss - evals[-1][1]) > 1e-3
+    assert torch.isfinite(torch.tensor(loss))
+
+
 def test_full_finetune_run(setup, tmp_path):
     import torch
 

@@ -24,9 +24,8 @@ from pathlib import Path
 from typing import Any, Iterable, Literal, Sequence
 
 from garden_assets.llm.generate import GenerationSettings
-from garden_assets.llm.metrics import sentences
 from garden_assets.llm.prompts import dolly_completion, dolly_prompt
-from garden_assets.llm.rag import DEFAULT_RETRIEVAL, Question, exclusion_filter, fit_rag_prompt
+from garden_assets.llm.rag import DEFAULT_RETRIEVAL, Question, exclusion_filter, fit_rag_prompt, leading_sentences
 
 ROW_COLUMNS = ("instruction", "context", "response", "category", "prompt", "completion", "n_tokens")
 ID_COLUMNS = ("question_id", "answer_id", "source_url")
@@ -49,6 +48,7 @@ class DatasetOptions:
     rag_k: int = 0  # passages per prompt (RAFT); 0: the plain Dolly prompt
     oracle_share: float = 0.8  # train rows whose own answer is among the passages (the RAFT paper's ≈ 80 %)
     rag_mode: str = DEFAULT_RETRIEVAL.mode
+    passage_tokens: int | None = DEFAULT_RETRIEVAL.passage_tokens  # as answering cuts them (rag.cap_passage)
     # train/valid answers longer than this keep their leading sentences that fit, so the model learns to finish
     # within the generation budget it gets (test rows keep whole answers: they are the references). None: whole.
     answer_tokens: int | None = GenerationSettings().max_new_tokens
@@ -182,7 +182,7 @@ def build_finetune_dataset(qa_pairs, tokenizer, options: DatasetOptions | None =
         fitted: dict[str, list] = {"train": [], "valid": []}
         for name, rows_of in (("train", train), ("valid", valid)):
             for r in rows_of:
-                lead = leading_sentences(r["response"], tokenizer, options.answer_tokens)
+                lead = leading_sentences(r["response"], lambda t: fits(t, tokenizer, options.answer_tokens))
                 if lead is None:
                     dropped_long_answer += 1
                     continue
@@ -238,20 +238,9 @@ def build_finetune_dataset(qa_pairs, tokenizer, options: DatasetOptions | None =
     return FinetuneDataset(train=train, valid=valid, test=test, stats=stats)
 
 
-def leading_sentences(answer: str, tokenizer, max_tokens: int) -> str | None:
-    """``answer`` if its completion (end marker included) is within ``max_tokens`` tokens, else its longest run of
-    leading sentences that is; None when even the first sentence is too long."""
-    def fits(text: str) -> bool:
-        return len(tokenizer(dolly_completion(text), add_special_tokens=False)["input_ids"]) <= max_tokens
-
-    if fits(answer):
-        return answer
-    parts, best = sentences(answer, min_words=1), None
-    for n in range(1, len(parts) + 1):
-        if not fits(" ".join(parts[:n])):
-            break
-        best = " ".join(parts[:n])
-    return best
+def fits(answer: str, tokenizer, max_tokens: int) -> bool:
+    """Does ``answer``'s completion (end marker included) take at most ``max_tokens`` tokens?"""
+    return len(tokenizer(dolly_completion(answer), add_special_tokens=False)["input_ids"]) <= max_tokens
 
 
 def add_prompts(rows: list[dict[str, Any]], tokenizer, options: DatasetOptions, store, held_out: set[int], *,
@@ -282,7 +271,8 @@ def add_prompts(rows: list[dict[str, Any]], tokenizer, options: DatasetOptions, 
         room = options.max_length - completion - 1  # the EOS after the completion
         question = Question(r["instruction"], r["context"])
         try:
-            fitted = fit_rag_prompt(question, hits, count, room, tokenizer=tokenizer)
+            fitted = fit_rag_prompt(question, hits, count, room, tokenizer=tokenizer,
+                                    passage_tokens=options.passage_tokens)
         except ValueError:  # the bare question does not fit: keep it whole, the length filter drops the row
             r.update(prompt=dolly_prompt(r["instruction"], r["context"]), passages=0, oracle=False)
             continue

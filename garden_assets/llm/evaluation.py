@@ -158,7 +158,8 @@ def run_evaluation(
             if variant.model != model:
                 continue
             began = time.perf_counter()
-            assistant = Assistant(generator, store_of(variant, retrieval), k=retrieval.k, mode=retrieval.mode)
+            assistant = Assistant(generator, store_of(variant, retrieval), k=retrieval.k, mode=retrieval.mode,
+                                  passage_tokens=retrieval.passage_tokens)
             record(sweep, variant, settings, retrieval,
                    assistant.ask(asked, settings, rag=variant.rag, exclude_question_ids=exclude), began)
         del generator

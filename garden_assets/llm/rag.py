@@ -26,6 +26,9 @@ class RetrievalSetting:
     k: int = 2  # passages per RAG prompt; also what RAFT training prompts hold (docs/evaluation.md)
     key: str = DEFAULT_KEY
     mode: str = DEFAULT_MODE
+    # each passage keeps its leading sentences within this (None: whole); below max_new_tokens, so that a model that
+    # quotes a passage whole still ends within its budget (docs/evaluation.md, recipe runs)
+    passage_tokens: int | None = 128
 
     def __post_init__(self) -> None:
         if not isinstance(self.k, int) or not 1 <= self.k <= 50:
@@ -33,12 +36,46 @@ class RetrievalSetting:
         if self.key not in KEYS:
             raise ValueError(f"retrieval key must be one of {KEYS}, got {self.key!r}")
         check_mode(self.mode)
+        if self.passage_tokens is not None and self.passage_tokens < MIN_DOC_TOKENS:
+            raise ValueError(f"passage_tokens must be ≥ {MIN_DOC_TOKENS} (None: whole passages), "
+                             f"got {self.passage_tokens!r}")
 
     def label(self) -> str:
-        return f"k={self.k}, {self.key}, {self.mode}"
+        cap = "" if self.passage_tokens == DEFAULT_PASSAGE_TOKENS else f", passage_tokens={self.passage_tokens}"
+        return f"k={self.k}, {self.key}, {self.mode}{cap}"
 
 
 DEFAULT_RETRIEVAL = RetrievalSetting()
+DEFAULT_PASSAGE_TOKENS = DEFAULT_RETRIEVAL.passage_tokens
+
+
+def leading_sentences(text: str, fits) -> str | None:
+    """``text`` if ``fits(text)``, else its longest run of leading sentences that fits; None if none does."""
+    from .metrics import sentences
+
+    if fits(text):
+        return text
+    parts, best = sentences(text, min_words=1), None
+    for n in range(1, len(parts) + 1):
+        if not fits(" ".join(parts[:n])):
+            break
+        best = " ".join(parts[:n])
+    return best
+
+
+def cap_passage(text: str, tokenizer, max_tokens: int | None) -> str:
+    """A passage cut to its leading sentences within ``max_tokens`` (a token prefix + " …" when even the first
+    sentence is longer). Short passages keep a small model's copy short: it learns to quote, then stop."""
+    if max_tokens is None or tokenizer is None:
+        return text
+    def fits(t: str) -> bool:
+        return len(tokenizer(t, add_special_tokens=False)["input_ids"]) <= max_tokens
+
+    lead = leading_sentences(text, fits)
+    if lead is not None:
+        return lead
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"][: max_tokens - 2]
+    return tokenizer.decode(ids, skip_special_tokens=True).strip() + " …"
 
 
 @dataclass(frozen=True)
@@ -129,7 +166,8 @@ def pasted_answer(store, question: Question, *, k: int = 1, mode: str = "hybrid"
 
 
 def fit_rag_prompt(question: Question, hits: Sequence, count_tokens, max_prompt_tokens: int, *, tokenizer=None,
-                   min_doc_tokens: int = MIN_DOC_TOKENS) -> FittedPrompt:
+                   min_doc_tokens: int = MIN_DOC_TOKENS,
+                   passage_tokens: int | None = DEFAULT_PASSAGE_TOKENS) -> FittedPrompt:
     """The RAG prompt with as many retrieved documents (``Hit``s, best first) as fit in ``max_prompt_tokens``.
 
     ``count_tokens(text)`` counts a prompt's tokens; ``tokenizer`` (to trim a document by tokens) is optional —
@@ -144,10 +182,11 @@ def fit_rag_prompt(question: Question, hits: Sequence, count_tokens, max_prompt_
     trimmed = dropped = 0
     for n, hit in enumerate(hits):
         passages = [t for _, t, _ in used]
-        if count_tokens(rag_prompt(text, passages + [hit.text], question.context)) <= max_prompt_tokens:
-            used.append((hit, hit.text, False))
+        doc = cap_passage(hit.text, tokenizer, passage_tokens)
+        if count_tokens(rag_prompt(text, passages + [doc], question.context)) <= max_prompt_tokens:
+            used.append((hit, doc, doc != hit.text))
             continue
-        cut = _trim_to_fit(text, question.context, passages, hit.text, count_tokens, max_prompt_tokens, tokenizer,
+        cut = _trim_to_fit(text, question.context, passages, doc, count_tokens, max_prompt_tokens, tokenizer,
                            min_doc_tokens)
         if cut is None:
             dropped += 1
@@ -181,13 +220,14 @@ class Assistant:
     """Answers questions with one model, with or without retrieval from a `QAStore`."""
 
     def __init__(self, generator: Generator, store=None, *, k: int = DEFAULT_RETRIEVAL.k,
-                 mode: str = DEFAULT_RETRIEVAL.mode) -> None:
+                 mode: str = DEFAULT_RETRIEVAL.mode, passage_tokens: int | None = DEFAULT_PASSAGE_TOKENS) -> None:
         if k < 1:
             raise ValueError(f"k must be ≥ 1, got {k}")
         self.generator = generator
         self.store = store
         self.k = k
         self.mode = mode
+        self.passage_tokens = passage_tokens
 
     def ask(self, questions: Sequence[Question], settings: GenerationSettings | None = None, *, rag: bool = True,
             exclude_question_ids: Sequence[int | None] | None = None) -> list[Answer]:
@@ -209,7 +249,8 @@ class Assistant:
             began = time.perf_counter()
             hits = retrieve(self.store, text, k=self.k, mode=self.mode, exclude=skip)
             retrieval_s.append(time.perf_counter() - began)
-            fitted.append(fit_rag_prompt(q, hits, gen.count_tokens, budget, tokenizer=gen.tokenizer))
+            fitted.append(fit_rag_prompt(q, hits, gen.count_tokens, budget, tokenizer=gen.tokenizer,
+                                         passage_tokens=self.passage_tokens))
         outputs = gen.generate([f.prompt for f in fitted], settings)
         answers = []
         for q, f, r, outs in zip(questions, fitted, retrieval_s, outputs):

@@ -325,10 +325,15 @@ def _run(cfg: TrainConfig, accelerator, reporter: Reporter, device: str, precisi
 
     # -- optimisation ------------------------------------------------------------------------------------------------
     optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    clock = {"train_time": 0.0}  # read by a time-budget schedule
+    clock = {"train_time": 0.0, "step_start": None}  # training seconds so far, read by a time-budget schedule
+
+    def seconds_trained() -> float:  # including the step in progress (the scheduler steps before it ends)
+        start = clock["step_start"]
+        return clock["train_time"] + (time.perf_counter() - start if start is not None else 0.0)
+
     if cfg.max_train_seconds is not None:  # the step count is unknown up front: warm up and decay over the budget
         scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda _: _budget_lr_factor(clock["train_time"] / cfg.max_train_seconds, cfg.warmup_ratio))
+            optimizer, lambda _: _budget_lr_factor(seconds_trained() / cfg.max_train_seconds, cfg.warmup_ratio))
     else:
         scheduler = get_scheduler(cfg.lr_scheduler, optimizer,
                                   num_warmup_steps=int(cfg.warmup_ratio * total_steps),  # short runs: no step at lr 0
@@ -393,7 +398,7 @@ def _run(cfg: TrainConfig, accelerator, reporter: Reporter, device: str, precisi
             break
         sp = plan[step - 1]
         lr = scheduler.get_last_lr()[0]  # the rate this step trains with
-        t0 = time.perf_counter()
+        t0 = clock["step_start"] = time.perf_counter()
         local = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
         for micro in sp.micro[rank::world]:
             batch = _to_device(collate([train_examples[i] for i in micro], pad_id, pad_multiple), accelerator.device)
@@ -413,7 +418,7 @@ def _run(cfg: TrainConfig, accelerator, reporter: Reporter, device: str, precisi
             local = accelerator.reduce(local, reduction="sum")
         step_time = time.perf_counter() - t0
         train_time += step_time
-        clock["train_time"] = train_time
+        clock.update(train_time=train_time, step_start=None)
         tokens_seen += sp.tokens
         steps_done = step
         last_loss = float(local[0] / local[1])
