@@ -24,7 +24,9 @@ Three measurements:
    Reports tokens/s (non-pad tokens per second of training steps, collation included) and the final eval loss of
    both models on the same test rows with the same evaluator (ours, `training.trainer.evaluate`). TRL 1.16 has no option for logits only at label positions on CPU: its fused
    LM head scores only the label positions on CUDA/XPU (Triton) and every position, in vocabulary chunks, elsewhere.
-   ``--json``: one line per trainer, ``trainer, tokens_per_s, eval_loss, steps, seconds``.
+   ``--json``: one line per trainer, ``trainer, tokens_per_s, eval_loss, steps, seconds``. Then (the figure that
+   holds up on a loaded machine) ``--trl-interleaved-steps``: both loss paths in one process on one model,
+   alternating step by step on the same batches, like measurement 1.
 
 Data: a Stack Exchange ``Posts.xml`` (default: the shared coffee dump) turned into qa_pairs by the project's
 ingestion library, or ``--pairs some.parquet``.
@@ -179,22 +181,20 @@ def recipe_argv(model_path: str, work: Path, args) -> list[str]:
             "--max-steps", str(args.trl_steps), "--save-steps", "0"]
 
 
-def trl_worker(spec_file: str) -> None:
-    """One SFTTrainer run (in its own process, like our trainer's): the spec in, metrics.json out."""
-    spec = json.loads(Path(spec_file).read_text())
+def build_sft_trainer(spec: dict):
+    """(SFTTrainer, tokenizer, our planned micro-batches or None) for a spec (see `trl_comparison`): the recipe's
+    LoRA, fp32, our schedule; with sampler "ours" it trains on exactly the batches our trainer plans."""
     import torch
     from datasets import Dataset
     from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, TrainerCallback
+    from transformers import AutoModelForCausalLM
     from trl import SFTConfig, SFTTrainer
 
-    from garden_assets.llm.dataset import encode_examples, read_jsonl
+    from garden_assets.llm.dataset import read_jsonl
     from garden_assets.llm.models import load_tokenizer
     from garden_assets.training.config import TrainConfig
     from garden_assets.training.data import load_examples, plan_steps
-    from garden_assets.training.trainer import evaluate, supports_logits_mask
 
-    started = time.time()
     defaults = TrainConfig(train_file="", base_model="", output_dir="")  # warm-up, dropout, clipping, seed: ours
     tok = load_tokenizer(spec["model"])
     rows = read_jsonl(spec["train_file"])
@@ -215,7 +215,7 @@ def trl_worker(spec_file: str) -> None:
     lora = LoraConfig(r=spec["lora_r"], lora_alpha=spec["lora_alpha"], lora_dropout=defaults.lora_dropout,
                       target_modules=spec["lora_targets"], task_type="CAUSAL_LM")
 
-    order = None  # --trl-sampler ours: the very batches our trainer plans (plan_steps), in its order
+    micro = None  # --trl-sampler ours: the very batches our trainer plans (plan_steps), in its order
     if spec["sampler"] == "ours":
         examples, dropped = load_examples(spec["train_file"], tok, spec["max_length"])
         if dropped:
@@ -225,13 +225,28 @@ def trl_worker(spec_file: str) -> None:
         micro = [b for sp in plan for b in sp.micro]
         if any(len(b) != spec["batch_size"] for b in micro):
             sys.exit("--trl-sampler ours: a planned batch is short of --batch-size; use --trl-sampler group_by_length")
-        order = [i for b in micro for i in b]
+    order = [i for b in micro for i in b] if micro else None
 
     class PlannedSFTTrainer(SFTTrainer):
         def _get_train_sampler(self, train_dataset=None):
             return order if order is not None else super()._get_train_sampler(train_dataset)
 
     trainer = PlannedSFTTrainer(model=model, args=config, train_dataset=train, processing_class=tok, peft_config=lora)
+    return trainer, tok, micro
+
+
+def trl_worker(spec_file: str) -> None:
+    """One SFTTrainer run (in its own process, like our trainer's): the spec in, metrics.json out."""
+    spec = json.loads(Path(spec_file).read_text())
+    from transformers import TrainerCallback
+
+    from garden_assets.llm.dataset import encode_examples, read_jsonl
+    from garden_assets.training.data import load_examples
+    from garden_assets.training.trainer import evaluate, supports_logits_mask
+
+    started = time.time()
+    trainer, tok, _ = build_sft_trainer(spec)
+    rows = read_jsonl(spec["train_file"])
 
     # TRL tokenizes prompt + completion + EOS text in one call; ours tokenizes prompt and completion apart
     ours = encode_examples(tok, [r["prompt"] for r in rows], [r["completion"] for r in rows])
@@ -286,6 +301,56 @@ def trl_worker(spec_file: str) -> None:
     Path(spec["output_dir"], "metrics.json").write_text(json.dumps(metrics, indent=2))
 
 
+def trl_interleaved(spec: dict, steps: int) -> dict:
+    """Ours vs TRL's loss path in ONE process on one LoRA model, alternating step by step on the same batches (who
+    goes first alternates), so background load hits both alike. Ours: collate + `loss_sum` (logits at completion
+    positions only); TRL: its collator + `SFTTrainer.compute_loss` (fused chunked LM head, entropy/accuracy
+    metrics); each + backward + AdamW step. The Trainer loop's own overhead is not in the TRL figure."""
+    import torch
+
+    from garden_assets.training.data import collate, load_examples
+    from garden_assets.training.trainer import loss_sum, supports_logits_mask
+
+    trainer, tok, micro = build_sft_trainer({**spec, "sampler": "ours", "steps": steps})
+    model = trainer.model
+    model.train()
+    logits_mask = supports_logits_mask(model)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=spec["lr"])
+    examples, _ = load_examples(spec["train_file"], tok, spec["max_length"])
+    data = trainer.train_dataset
+    steps = min(steps, len(micro))
+    tokens = {"ours": 0, "trl": 0}
+    seconds = {"ours": 0.0, "trl": 0.0}
+    pair_ratios = []
+    for i in range(steps):
+        rate = {}
+        for name in (("ours", "trl") if i % 2 == 0 else ("trl", "ours")):
+            start = time.perf_counter()
+            if name == "ours":
+                batch = collate([examples[j] for j in micro[i]], tok.pad_token_id)
+                loss, count = loss_sum(model, batch, "completion", logits_mask)
+                (loss / count).backward()
+            else:
+                batch = trainer._prepare_inputs(trainer.data_collator(
+                    [{"input_ids": data[j]["input_ids"], "labels": data[j]["labels"]} for j in micro[i]]))
+                trainer.compute_loss(model, batch).backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            elapsed = time.perf_counter() - start
+            n = int(batch["attention_mask"].sum())
+            rate[name] = n / elapsed
+            if i > 0:  # the first pair warms up
+                seconds[name] += elapsed
+                tokens[name] += n
+        if i > 0:
+            pair_ratios.append(rate["ours"] / rate["trl"])
+        print(f"  pair {i}: ours {rate['ours']:.1f} tokens/s, trl {rate['trl']:.1f} tokens/s", flush=True)
+    pair_ratios.sort()
+    return {name: {"tokens": tokens[name], "seconds": seconds[name],
+                   "tokens_per_s": tokens[name] / max(seconds[name], 1e-9)} for name in tokens} | {
+        "steps_timed": steps - 1, "median_pair_ratio": pair_ratios[len(pair_ratios) // 2] if pair_ratios else None}
+
+
 def trl_comparison(model_path: str, work: Path, args) -> dict | None:
     """Ours (tuned_model recipe's LoRA) vs TRL SFTTrainer, same rows, same steps, same eval; None if TRL is missing."""
     from garden_assets.training.config import RECIPE_LORA_R, RECIPE_LORA_TARGETS, RECIPE_LR
@@ -336,6 +401,13 @@ def trl_comparison(model_path: str, work: Path, args) -> dict | None:
             print(json.dumps({"trainer": name, "tokens_per_s": round(m["tokens_per_s"], 2),
                               "eval_loss": round(m["eval_loss"], 5), "steps": m["steps"],
                               "seconds": round(m["train_time_s"], 3)}))
+    if args.trl_interleaved_steps > 1:
+        print(f"ours vs TRL interleaved ({args.trl_interleaved_steps} steps each, one process, one model):", flush=True)
+        inter = trl_interleaved(spec | {"output_dir": str(work / "run-trl-interleaved")}, args.trl_interleaved_steps)
+        result["interleaved"] = inter
+        o, t = inter["ours"], inter["trl"]
+        print(f"  interleaved: ours {o['tokens_per_s']:.1f} tokens/s, TRL {t['tokens_per_s']:.1f} tokens/s, "
+              f"ours/TRL {o['tokens_per_s'] / t['tokens_per_s']:.2f}x (median of pairs {inter['median_pair_ratio']:.2f}x)")
     return result
 
 
@@ -360,6 +432,8 @@ def main() -> None:
     p.add_argument("--trl-sampler", choices=["ours", "group_by_length", "random"], default="ours",
                    help="TRL's batches: ours (the same batches our trainer plans), transformers' length-grouped "
                         "sampler, or its default random order")
+    p.add_argument("--trl-interleaved-steps", type=int, default=4,
+                   help="then ours vs TRL's loss path alternating step by step in one process (0: skip)")
     p.add_argument("--json", action="store_true", help="one JSON line per trainer of the TRL comparison")
     p.add_argument("--trl-worker", help=argparse.SUPPRESS)  # internal: one SFTTrainer run from a spec file
     args = p.parse_args()
