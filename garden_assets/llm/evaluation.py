@@ -2,8 +2,8 @@
 
 Variants: ``retrieved`` (the top retrieved answer pasted as is — no model: the honest anchor), ``base``,
 ``base+rag``, ``tuned``, ``tuned+rag``. Every answer is also checked for hygiene: did it end by itself, how much
-of it repeats (4-grams), and how much of it its cited sources support (`metrics.faithfulness`). Sweeps add rows: generation settings (one row per
-setting, on one variant) and retrieval settings (k, key, mode) on one RAG variant — the talk's "Generation
+of it repeats (4-grams), and how much of it its cited sources support (`metrics.faithfulness`). Sweeps add rows:
+generation settings (one row per setting, on one variant) and retrieval settings (k, key, mode) on one RAG variant — the talk's "Generation
 Tuning" and "Database Search Tuning" tables. Each model is loaded once; each (variant, setting) is one batched
 generation over all questions. Retrieval skips the held-out question's own answers (they are its references).
 """
