@@ -116,3 +116,23 @@ def test_packaged_gemma_conversion(tmp_path):
     stamp = (tmp_path / "gemma3-270m" / "model.safetensors").stat().st_mtime_ns
     resolve_base_model(PACKAGED_GEMMA, cache_dir=tmp_path)
     assert (tmp_path / "gemma3-270m" / "model.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_a_copied_or_moved_home_uses_its_own_tuned_model(tmp_path):
+    """metrics.json names the model relative to the run's folder; an older absolute path is read by its last part,
+    so a copied home never answers with the original home's model."""
+    import json
+    import shutil
+
+    from garden_assets.llm.models import tuned_model_path
+
+    original = tmp_path / "home" / "finetune" / "tuned"
+    (original / "model").mkdir(parents=True)
+    (original / "metrics.json").write_text(json.dumps({"model_dir": "model"}))
+    copy = tmp_path / "copy" / "finetune" / "tuned"
+    shutil.copytree(original, copy)
+    assert tuned_model_path(copy) == copy / "model"
+    (copy / "metrics.json").write_text(json.dumps({"model_dir": str(original / "model")}))  # written before the fix
+    moved = tmp_path / "moved"
+    shutil.move(tmp_path / "copy", moved)
+    assert tuned_model_path(moved / "finetune" / "tuned") == moved / "finetune" / "tuned" / "model"

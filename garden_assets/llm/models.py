@@ -82,8 +82,14 @@ def tuned_model_path(tuned_dir: str | os.PathLike[str]) -> Path:
     tuned_dir = Path(tuned_dir)
     metrics = tuned_dir / "metrics.json"
     if metrics.is_file():
-        return Path(json.loads(metrics.read_text()).get("model_dir") or tuned_dir / "model")
+        return run_output_path(tuned_dir, json.loads(metrics.read_text()).get("model_dir"))
     return tuned_dir / "model"
+
+
+def run_output_path(run_dir: str | os.PathLike[str], name: str | None) -> Path:
+    """A directory a training run's metrics.json names, inside ``run_dir``: names are stored relative to the run's
+    folder so that a home can be copied or moved (an older absolute path keeps only its last part)."""
+    return Path(run_dir) / Path(name or "model").name
 
 
 def require_checkpoint(path: str | os.PathLike[str], asset: str) -> Path:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from garden_assets.llm.models import run_output_path
 from garden_assets.training import checkpoint as ckpt
 from garden_assets.training.config import TrainConfig
 from garden_assets.training.data import IGNORE_INDEX, Example, collate, load_examples, plan_steps
@@ -139,7 +140,7 @@ def _finished_run(out: Path, fingerprint: str) -> dict | None:
     if not path.is_file():
         return None
     metrics = json.loads(path.read_text())
-    if metrics.get("fingerprint") != fingerprint or not Path(metrics.get("model_dir", "")).is_dir():
+    if metrics.get("fingerprint") != fingerprint or not run_output_path(out, metrics.get("model_dir")).is_dir():
         return None
     return metrics
 
@@ -286,8 +287,9 @@ def _run(cfg: TrainConfig, accelerator, reporter: Reporter, device: str, precisi
         if done is not None:
             reporter.info(f"{out} already holds this finished run (same data and settings): nothing to do")
             reporter.finish(done)
-            return TrainResult(out, Path(done["model_dir"]),
-                               Path(done["adapter_dir"]) if done.get("adapter_dir") else None, out / LOG_FILE, done)
+            return TrainResult(out, run_output_path(out, done["model_dir"]),
+                               run_output_path(out, done["adapter_dir"]) if done.get("adapter_dir") else None,
+                               out / LOG_FILE, done)
     reporter.info(f"trainer: {cfg.method} on {device} × {world} ({precision}{', deepspeed' if use_ds else ''}), "
                   f"base {cfg.base_model}")
 
@@ -463,7 +465,7 @@ def _run(cfg: TrainConfig, accelerator, reporter: Reporter, device: str, precisi
         "total_params": total_params, "trainable_params": trainable_params,
         # training FLOPs/token, the MFU convention: 6N full; 4N LoRA (frozen weights get no weight gradients)
         "model_flops_per_token": (6 if cfg.method == "full" else 4) * total_params,
-        "model_dir": str(model_dir), "adapter_dir": str(adapter_dir) if adapter_dir else None,
+        "model_dir": model_dir.name, "adapter_dir": adapter_dir.name if adapter_dir else None,  # relative: movable
         "resumed_from": resumed_from, "wall_time_s": round(time.time() - started, 2),
         "batching": cfg.batching, "loss": cfg.loss, "fingerprint": fingerprint, "extra": cfg.extra,
     }
