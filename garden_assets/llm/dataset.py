@@ -25,7 +25,7 @@ from typing import Any, Iterable, Literal, Sequence
 
 from garden_assets.llm.generate import GenerationSettings
 from garden_assets.llm.prompts import dolly_completion, dolly_prompt
-from garden_assets.llm.rag import DEFAULT_RETRIEVAL, Question, exclusion_filter, fit_rag_prompt, leading_sentences
+from garden_assets.llm.rag import DEFAULT_RETRIEVAL, Question, fit_rag_prompt, leading_sentences, retrieve
 
 ROW_COLUMNS = ("instruction", "context", "response", "category", "prompt", "completion", "n_tokens")
 ID_COLUMNS = ("question_id", "answer_id", "source_url")
@@ -261,8 +261,8 @@ def add_prompts(rows: list[dict[str, Any]], tokenizer, options: DatasetOptions, 
     for r, vector in zip(rows, vectors):
         rng = random.Random(f"{options.seed}:{r['answer_id']}")
         with_oracle = oracle and rng.random() < options.oracle_share
-        hits = store.search(r["instruction"], k=options.rag_k, mode=options.rag_mode, vector=vector,
-                            where=exclusion_filter(held_out | {r["question_id"]}))
+        hits = retrieve(store, r["instruction"], k=options.rag_k, mode=options.rag_mode, vector=vector,
+                        exclude=held_out | {r["question_id"]})
         if with_oracle:
             own = Hit(r["answer_id"], r["question_id"], r["instruction"], r["response"], r["source_url"], True, 0, 1.0)
             hits = hits[: options.rag_k - 1]

@@ -144,12 +144,12 @@ def exclusion_filter(question_ids) -> str | None:
     return f"question_id NOT IN ({', '.join(map(str, ids))})"
 
 
-def retrieve(store, question: str, *, k: int, mode: str, exclude=()) -> list:
+def retrieve(store, question: str, *, k: int, mode: str, exclude=(), vector=None) -> list:
     """The top ``k`` hits for ``question``, none from the questions in ``exclude`` (one search for RAG answers,
-    the ``retrieved`` anchor and RAFT training prompts alike)."""
+    the ``retrieved`` anchor and RAFT training prompts alike); ``vector``: the question's embedding, if known."""
     if store is None:
         raise ValueError("RAG needs an index: materialize qa_index first")
-    return store.search(check_question(question), k=k, mode=mode, where=exclusion_filter(exclude))
+    return store.search(check_question(question), k=k, mode=mode, where=exclusion_filter(exclude), vector=vector)
 
 
 def pasted_answer(store, question: Question, *, k: int = 1, mode: str = "hybrid", exclude=()) -> "Answer":
