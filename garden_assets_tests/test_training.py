@@ -161,7 +161,6 @@ def test_lora_run(setup, tmp_path):
 def test_time_budget_and_the_best_eval_loss_weights_are_published(setup, tmp_path):
     """A time budget ends the run (not the planned steps); with a learning rate that overshoots, the published
     weights are those of the evaluation with the lowest loss, not the last step's."""
-    import torch
     from accelerate import Accelerator
 
     from garden_assets.llm.models import load_tokenizer
@@ -185,7 +184,6 @@ def test_time_budget_and_the_best_eval_loss_weights_are_published(setup, tmp_pat
     assert abs(loss - best_loss) < 1e-3
     if best_step != metrics["steps"]:
         assert abs(loss - evals[-1][1]) > 1e-3
-    assert torch.isfinite(torch.tensor(loss))
 
 
 def test_full_finetune_run(setup, tmp_path):

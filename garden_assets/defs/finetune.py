@@ -52,7 +52,7 @@ _DATASET = DatasetOptions()
 
 
 class DatasetConfig(dg.Config):
-    test_size: int = 200  # capped at max_test_fraction of the rows
+    test_size: int = _DATASET.test_size  # capped at max_test_fraction of the rows
     max_test_fraction: float = _DATASET.max_test_fraction
     valid_size: int = _DATASET.valid_size  # rows that pick the published checkpoint (eval loss)
     seed: int = _DATASET.seed

@@ -16,6 +16,7 @@ from ..retrieval.embedder import KEYS
 from ..retrieval.search import DEFAULT_MODE, check_mode
 from ..retrieval.store import DEFAULT_KEY
 from .generate import GenerationSettings, Generator
+from .metrics import sentences
 from .prompts import dolly_prompt, rag_prompt
 
 MIN_DOC_TOKENS = 32
@@ -51,8 +52,6 @@ DEFAULT_PASSAGE_TOKENS = DEFAULT_RETRIEVAL.passage_tokens
 
 def leading_sentences(text: str, fits) -> str | None:
     """``text`` if ``fits(text)``, else its longest run of leading sentences that fits; None if none does."""
-    from .metrics import sentences
-
     if fits(text):
         return text
     parts, best = sentences(text, min_words=1), None
