@@ -15,6 +15,11 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q -U pip
 	$(BIN)/pip install -q -e '.[dev,deploy]'
+	@# the llama.cpp backend: a source build (llava/mtmd off: not used, a third of the build); on failure the
+	@# project still works with transformers generation (garden ask and evaluation_answers say so)
+	CMAKE_ARGS="-DLLAVA_BUILD=OFF" $(BIN)/pip install -q -e '.[llamacpp]' \
+	  && $(BIN)/python -m garden_assets.llm.gguf_export fetch-converter \
+	  || echo "make setup: llama-cpp-python did not install; generation falls back to transformers"
 	touch $@
 
 run: setup  ## register the bundled drops and materialize every asset into GARDEN_HOME

@@ -10,6 +10,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from .compute import BACKENDS
 from .llm.rag import DEFAULT_RETRIEVAL
 from .stackexchange.reader import DumpError
 
@@ -119,7 +120,8 @@ def _add_generation_flags(parser: argparse.ArgumentParser) -> None:
 
 def _ask(args: argparse.Namespace) -> int:
     from .compute import ComputeSpec, load_profile
-    from .llm.generate import GenerationSettings, Generator
+    from .llm.backends import describe, load_generator
+    from .llm.generate import GenerationSettings
     from .llm.models import DEFAULT_BASE_MODEL, base_model_path, require_checkpoint, tuned_model_path
     from .llm.rag import Assistant, Question, check_question, pasted_answer
     from .retrieval.store import open_store
@@ -152,8 +154,11 @@ def _ask(args: argparse.Namespace) -> int:
             answer = pasted_answer(store, Question(question, args.context or ""), k=args.k, mode=args.mode)
         else:
             spec = load_profile(asset="generation", defaults=ComputeSpec(device="auto"))
-            generator = Generator.load(path, device=spec.resolve_device(), precision=spec.resolve_inference_precision(),
-                                       max_context_tokens=args.max_context_tokens)
+            generator = load_generator(path, backend=args.backend or spec.backend, device=spec.resolve_device(),
+                                       precision=spec.resolve_inference_precision(),
+                                       max_context_tokens=args.max_context_tokens,
+                                       log=lambda line: print(f"garden: {line}", file=sys.stderr))
+            label += f" via {describe(generator)}"
             [answer] = Assistant(generator, store, k=args.k, mode=args.mode).ask(
                 [Question(question, args.context or "")], settings, rag=not args.no_rag)
     except ValueError as e:
@@ -211,6 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--key", choices=["answer", "question+answer"], default="question+answer")
     p.add_argument("--context", help="more detail about the question (the Input: block)")
     p.add_argument("--max-context-tokens", type=_at_least_one, default=2048, help="prompt + answer window")
+    p.add_argument("--backend", choices=BACKENDS, default=None,
+                   help="generation backend (default: the generation compute profile's, auto: llama.cpp on CPU "
+                        "when installed, else transformers)")
     _add_generation_flags(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_ask)

@@ -20,6 +20,7 @@ from typing import Any, Literal, Mapping
 Device = Literal["auto", "cpu", "cuda"]
 Precision = Literal["auto", "fp32", "fp16", "bf16"]
 Launcher = Literal["auto", "python", "accelerate", "deepspeed"]
+Backend = Literal["auto", "transformers", "llama.cpp"]
 
 HEAVY_ASSETS = ("embedding", "training", "generation")
 DEFAULT_PROFILE = "cpu-local"
@@ -29,6 +30,8 @@ PROFILES_DIR_ENV = "GARDEN_PROFILES_DIR"
 _DEVICES = ("auto", "cpu", "cuda")
 _PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 _LAUNCHERS = ("auto", "python", "accelerate", "deepspeed")
+TRANSFORMERS, LLAMA_CPP = "transformers", "llama.cpp"  # generation backends (llm/backends.py)
+BACKENDS = ("auto", TRANSFORMERS, LLAMA_CPP)
 
 
 @dataclass
@@ -45,6 +48,7 @@ class ComputeSpec:
     deepspeed: training only; None = on when training on CUDA.
     offload_optimizer: training only; ZeRO-3 optimizer state offloaded to CPU (memory-tight GPUs).
     launcher: training only; ``auto`` = python for ≤ 1 GPU, else deepspeed (if on) or accelerate.
+    backend: generation only; ``auto`` = llama.cpp on CPU when installed (a quantized GGUF), else transformers.
     """
 
     device: Device = "auto"
@@ -58,6 +62,7 @@ class ComputeSpec:
     deepspeed: bool | None = None
     offload_optimizer: bool = False
     launcher: Launcher = "auto"
+    backend: Backend = "auto"
 
     def __post_init__(self) -> None:
         if self.device not in _DEVICES:
@@ -66,6 +71,8 @@ class ComputeSpec:
             raise ValueError(f"ComputeSpec.precision must be one of {_PRECISIONS}, got {self.precision!r}")
         if self.launcher not in _LAUNCHERS:
             raise ValueError(f"ComputeSpec.launcher must be one of {_LAUNCHERS}, got {self.launcher!r}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"ComputeSpec.backend must be one of {BACKENDS}, got {self.backend!r}")
         if not isinstance(self.gpus, int) or self.gpus < 0:
             raise ValueError(f"ComputeSpec.gpus must be an int ≥ 0, got {self.gpus!r}")
         if self.device == "cpu" and self.gpus:

@@ -22,7 +22,8 @@ def executor():
 defs = dg.Definitions(
     assets=[
         posts.raw_posts, posts.clean_posts, posts.qa_pairs, index.qa_index, index.retrieval_eval,
-        finetune.base_model, finetune.finetune_dataset, finetune.tuned_model, evaluation.evaluation_answers,
+        finetune.base_model, finetune.finetune_dataset, finetune.tuned_model, finetune.tuned_model_gguf,
+        evaluation.evaluation_answers,
     ],
     asset_checks=[finetune.overfitting],
     jobs=[index.reindex_job],

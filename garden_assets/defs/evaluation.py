@@ -10,19 +10,20 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 
-from ..compute import ComputeSpec, load_profile
+from ..compute import TRANSFORMERS, ComputeSpec, load_profile
 from ..llm.evaluation import ROWS_VERSION, VARIANTS, EvalPlan, RetrievalSetting, load_test_questions, run_evaluation, summarize
-from ..llm.generate import GenerationSettings, Generator
+from ..llm.backends import check_backend, describe, load_generator, resolve_backend
+from ..llm.generate import GenerationSettings
 from ..llm.models import base_model_path, require_checkpoint, tuned_model_path
 from ..llm.rag import DEFAULT_RETRIEVAL
-from .finetune import BaseModel, base_model, dataset_dir, finetune_dataset, tuned_model
+from .finetune import BaseModel, base_model, dataset_dir, finetune_dataset, tuned_model, tuned_model_gguf
 from .index import EMBEDDING, IndexConfig, qa_index, store_for
 from .metadata import counts, markdown_table
 from .plots import png_markdown, pyplot
 from .resources import GardenPaths
 
 GENERATION = load_profile(asset="generation", defaults=ComputeSpec(device="auto", batch_size=8))
-CPU_QUESTIONS = 8  # the CPU default: the five variants in ≈ 2 minutes on 2 cores (bf16 generation)
+CPU_QUESTIONS = 8  # the default with transformers on CPU (the fallback): the five variants in ≈ 2 min on 2 cores
 # WARN checks: tuned+rag must match or beat this variant on mean token F1
 CHECKS = {"tuned_rag_vs_base_rag": "base+rag", "tuned_rag_vs_retrieved": "retrieved"}
 
@@ -84,7 +85,8 @@ def _changed(base: dict, change: dg.Config) -> dict:
 
 
 class EvalConfig(dg.Config):
-    questions: int | None = None  # None: the whole test split on a GPU, CPU_QUESTIONS on CPU
+    questions: int | None = None  # None: the whole test split, but CPU_QUESTIONS with transformers on a CPU
+    backend: str | None = None  # auto | transformers | llama.cpp; None: the generation compute profile's
     variants: list[str] = list(VARIANTS)
     generation: Generation = Generation()
     retrieval: Retrieval = Retrieval()
@@ -113,7 +115,7 @@ def _plan(config: EvalConfig) -> EvalPlan:
 @dg.asset(
     group_name="evaluation",
     kinds={"pytorch", "huggingface"},
-    deps=[base_model, finetune_dataset, tuned_model, qa_index],
+    deps=[base_model, finetune_dataset, tuned_model, tuned_model_gguf, qa_index],
     op_tags=GENERATION.op_tags(),
     pool=GENERATION.pool,
     automation_condition=dg.AutomationCondition.eager(),
@@ -126,20 +128,27 @@ def _plan(config: EvalConfig) -> EvalPlan:
 def evaluation_answers(context: dg.AssetExecutionContext, config: EvalConfig, paths: GardenPaths, model: BaseModel):
     plan = _plan(config)
     device = GENERATION.resolve_device()
-    limit = config.questions if config.questions is not None else (None if device == "cuda" else CPU_QUESTIONS)
     try:
-        questions = load_test_questions(dataset_dir(paths) / "test.jsonl", limit=limit)
         where = {"base": base_model_path(model.spec, paths.home_path / "models"),
                  "tuned": tuned_model_path(paths.home_path / "finetune" / "tuned")}
         models = {m: require_checkpoint(where[m], f"{m}_model") for m in plan.models()}
+        requested = check_backend(config.backend or GENERATION.backend)
+        backends = {m: resolve_backend(requested, device, models[m], log=context.log.info) for m in models}
+        slow = device == "cpu" and TRANSFORMERS in backends.values()
+        limit = config.questions if config.questions is not None else (CPU_QUESTIONS if slow else None)
+        questions = load_test_questions(dataset_dir(paths) / "test.jsonl", limit=limit)
     except (FileNotFoundError, ValueError) as e:
         raise dg.Failure(description=str(e)) from None
     precision = GENERATION.resolve_inference_precision()
+    loaded: dict[str, str] = {}
 
-    def load_generator(which: str) -> Generator:
-        context.log.info(f"loading the {which} model from {models[which]} ({device}, {precision})")
-        return Generator.load(models[which], device=device, precision=precision,
-                              batch_size=GENERATION.batch_size or 8, max_context_tokens=config.max_context_tokens)
+    def load(which: str):
+        context.log.info(f"loading the {which} model from {models[which]} ({backends[which]}, {device})")
+        generator = load_generator(models[which], backend=backends[which], device=device, precision=precision,
+                                   batch_size=GENERATION.batch_size or 8, max_context_tokens=config.max_context_tokens,
+                                   log=context.log.info)
+        loaded[which] = describe(generator)
+        return generator
 
     @functools.cache
     def open_store(key: str):
@@ -149,7 +158,7 @@ def evaluation_answers(context: dg.AssetExecutionContext, config: EvalConfig, pa
                                          f"materialize qa_index (with config key: {key}) first")
         return store
 
-    digest = _fingerprint(config, limit, dataset_dir(paths) / "test.jsonl", models,
+    digest = _fingerprint(config, limit, dataset_dir(paths) / "test.jsonl", models, backends,
                           {k: open_store(k).open().version for k in plan.rag_keys()})
     cache = paths.home_path / "evaluation" / f"answers-{digest}.parquet"
     reused = cache.is_file()
@@ -159,7 +168,7 @@ def evaluation_answers(context: dg.AssetExecutionContext, config: EvalConfig, pa
     else:
         began = time.perf_counter()
         try:
-            rows = run_evaluation(questions, plan, load_generator=load_generator, open_store=open_store,
+            rows = run_evaluation(questions, plan, load_generator=load, open_store=open_store,
                                   log=context.log.info)
         except ValueError as e:  # a question that cannot fit the window, a bad setting
             raise dg.Failure(description=f"evaluation_answers: {e}") from None
@@ -174,22 +183,23 @@ def evaluation_answers(context: dg.AssetExecutionContext, config: EvalConfig, pa
            if plan.generation_sweep else {}),
         **({"retrieval_sweep": dg.MetadataValue.md(_markdown(table.filter(pl.col("sweep") == "retrieval")))}
            if plan.retrieval_sweep else {}),
-        "device": device, "precision": precision,
+        "device": device, "generators": ", ".join(f"{m}: {d}" for m, d in loaded.items()) or "cached answers",
         "inputs_fingerprint": digest, "reused": reused,
     })
     for name, anchor in CHECKS.items():
         yield _compare_check(main, name, "tuned+rag", anchor)
 
 
-def _fingerprint(config: EvalConfig, limit, test_file: Path, models: dict, index_versions: dict) -> str:
-    """What the answers depend on: config, question limit, test split, both models' files, index versions."""
-    h = hashlib.sha256(json.dumps([ROWS_VERSION, config.model_dump(), limit, index_versions, GENERATION.to_dict()],
+def _fingerprint(config: EvalConfig, limit, test_file: Path, models: dict, backends: dict, index_versions: dict) -> str:
+    """What the answers depend on: config, question limit, test split, models' files and backends, index versions."""
+    h = hashlib.sha256(json.dumps([ROWS_VERSION, config.model_dump(), limit, backends, index_versions,
+                                   GENERATION.to_dict()],
                                   sort_keys=True, default=str).encode())
     h.update(test_file.read_bytes())
     for path in models.values():  # a checkpoint is rewritten as a whole: names, sizes and mtimes identify it
-        for f in sorted(Path(path).iterdir()):
+        for f in sorted(p for p in Path(path).rglob("*") if p.is_file()):  # its GGUF too
             st = f.stat()
-            h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+            h.update(f"{f.relative_to(path)}:{st.st_size}:{st.st_mtime_ns}".encode())
     return h.hexdigest()[:16]
 
 

@@ -9,7 +9,8 @@ import polars as pl
 
 from ..compute import ComputeSpec, load_profile
 from ..llm.dataset import DatasetOptions, prepare_finetune_dataset
-from ..llm.models import DEFAULT_BASE_MODEL, resolve_base_model
+from ..llm.gguf_export import export_gguf, has_converter, scripts_dir
+from ..llm.models import DEFAULT_BASE_MODEL, PACKAGED_GEMMA, resolve_base_model, tuned_adapter_path, tuned_model_path
 from ..llm.rag import DEFAULT_RETRIEVAL
 from ..training.config import tune_config
 from .index import EMBEDDING, IndexConfig, qa_index, store_for
@@ -37,15 +38,34 @@ class BaseModel(dg.ConfigurableResource):
     # A failed attempt is not retried by automation (materialize it by hand once the cause is fixed).
     automation_condition=(dg.AutomationCondition.missing() & ~dg.AutomationCondition.in_progress()
                           & ~dg.AutomationCondition.execution_failed()).with_label("missing_and_not_failed"),
-    description="The base checkpoint directory (the packaged Gemma 3 270M GGUF is converted once).",
+    description="The base checkpoint directory (the packaged Gemma 3 270M GGUF is converted once) and its GGUF "
+                "for the llama.cpp backend (the packaged one as is; others converted when the converter is there).",
 )
-def base_model(paths: GardenPaths, model: BaseModel) -> dg.MaterializeResult:
+def base_model(context: dg.AssetExecutionContext, paths: GardenPaths, model: BaseModel) -> dg.MaterializeResult:
     info = model.resolve(paths)
     meta = info.to_metadata()
+    gguf = _gguf_metadata(context, info.path) if info.spec == PACKAGED_GEMMA or has_converter() else {
+        "gguf": f"none: {_no_converter()}"}
     return dg.MaterializeResult(
-        metadata={**{k: v for k, v in meta.items() if k != "path"}, "path": dg.MetadataValue.path(info.path)},
+        metadata={**{k: v for k, v in meta.items() if k != "path"}, "path": dg.MetadataValue.path(info.path), **gguf},
         data_version=dg.DataVersion(f"{info.spec}:{info.parameters}:{info.dtype}"),
     )
+
+
+def _no_converter() -> str:
+    return (f"llama.cpp's converter is not installed ({scripts_dir()}); generation uses transformers "
+            "(make setup installs the llama-cpp-python extra)")
+
+
+def _gguf_metadata(context: dg.AssetExecutionContext, checkpoint, **merged_from) -> dict:
+    """Export ``checkpoint``'s GGUF; a failed conversion fails the asset, the previous GGUF stays."""
+    try:
+        gguf = export_gguf(checkpoint, **merged_from)
+    except (RuntimeError, FileNotFoundError, OSError) as e:
+        raise dg.Failure(description=f"GGUF export of {checkpoint}: {e}") from None
+    context.log.info(f"GGUF {gguf.format}, {gguf.size_mb} MB at {gguf.path} ({'reused' if gguf.reused else f'{gguf.seconds} s'})")
+    return {"gguf": dg.MetadataValue.path(gguf.path), "gguf_format": gguf.format, "gguf_size_mb": gguf.size_mb,
+            "gguf_conversion_s": gguf.seconds}
 
 
 _DATASET = DatasetOptions()
@@ -206,3 +226,21 @@ def _loss_png(log: list[dict]) -> str:
     ax.set_ylabel("loss")
     ax.legend()
     return png_markdown(fig, "loss curves")
+
+
+@dg.asset(
+    group_name="finetune",
+    kinds={"llamacpp"},
+    deps=[tuned_model],
+    automation_condition=dg.AutomationCondition.eager(),
+    description="tuned_model's merged checkpoint converted once to GGUF (q8_0, llama.cpp's converter) for the "
+                "llama.cpp backend of garden ask / evaluation_answers; a no-op note where the converter is absent.",
+)
+def tuned_model_gguf(context: dg.AssetExecutionContext, paths: GardenPaths, model: BaseModel) -> dg.MaterializeResult:
+    tuned = paths.home_path / "finetune" / "tuned"
+    if not has_converter():
+        context.log.info(_no_converter())
+        return dg.MaterializeResult(metadata={"gguf": f"none: {_no_converter()}"})
+    adapter = tuned_adapter_path(tuned)
+    return dg.MaterializeResult(metadata=_gguf_metadata(
+        context, tuned_model_path(tuned), adapter=adapter, base=model.resolve(paths).path if adapter else None))

@@ -20,7 +20,7 @@ from typing import Callable, Iterator, Sequence
 
 import polars as pl
 
-from .generate import GenerationSettings, Generator
+from .generate import GenerationSettings, TokenBudget
 from .metrics import faithfulness, repeated_ngram_share, rouge_l, token_f1
 from .rag import Answer, Assistant, Question, RetrievalSetting, pasted_answer
 
@@ -120,7 +120,7 @@ def score(answer: str, references: Sequence[str]) -> tuple[float, float]:
 
 
 def run_evaluation(
-    questions: Sequence[EvalQuestion], plan: EvalPlan, *, load_generator: Callable[[str], Generator],
+    questions: Sequence[EvalQuestion], plan: EvalPlan, *, load_generator: Callable[[str], TokenBudget],
     open_store: Callable[[str], object], log: Callable[[str], None] = print,
 ) -> pl.DataFrame:
     """One row per (job, question); ``load_generator("base"|"tuned")`` and ``open_store(key)`` are called once each."""

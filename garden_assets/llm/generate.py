@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from ..compute import TRANSFORMERS
 from .prompts import END_KEY, extract_response
 
 MAX_NEW_TOKENS_LIMIT = 4096
@@ -126,8 +127,37 @@ def _stop_at_end_marker(tokenizer, prompt_len: int, marker: str = END_KEY):
     return StopAtMarker()
 
 
-class Generator:
-    """A causal LM + tokenizer ready for batched generation."""
+class TokenBudget:
+    """What every backend shares: the tokenizer, the context window, and prompts checked against it."""
+
+    backend: str
+    tokenizer: Any
+    context_window: int
+    batch_size: int
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=True)["input_ids"])
+
+    def prompt_budget(self, settings: GenerationSettings) -> int:
+        """Tokens a prompt may use so that ``max_new_tokens`` still fit in the context window."""
+        return self.context_window - settings.max_new_tokens
+
+    def encode(self, prompts: Sequence[str], settings: GenerationSettings) -> list[list[int]]:
+        """Token ids of each prompt; a prompt that leaves no room for ``max_new_tokens`` is an error."""
+        encoded = [self.tokenizer(p, add_special_tokens=True)["input_ids"] for p in prompts]
+        budget = self.prompt_budget(settings)
+        for i, ids in enumerate(encoded):
+            if len(ids) > budget:
+                raise ValueError(
+                    f"prompt {i} is {len(ids)} tokens; the context window ({self.context_window}) leaves "
+                    f"{budget} after max_new_tokens={settings.max_new_tokens}")
+        return encoded
+
+
+class Generator(TokenBudget):
+    """The reference backend: a transformers causal LM + tokenizer ready for batched generation."""
+
+    backend = TRANSFORMERS
 
     def __init__(self, model, tokenizer, *, batch_size: int = 8, max_context_tokens: int | None = None) -> None:
         self.model = model
@@ -147,13 +177,6 @@ class Generator:
         model, tokenizer = load_causal_lm(path, device=device, precision=precision)
         return cls(model, tokenizer, batch_size=batch_size, max_context_tokens=max_context_tokens)
 
-    def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer(text, add_special_tokens=True)["input_ids"])
-
-    def prompt_budget(self, settings: GenerationSettings) -> int:
-        """Tokens a prompt may use so that ``max_new_tokens`` still fit in the context window."""
-        return self.context_window - settings.max_new_tokens
-
     def generate(self, prompts: Sequence[str], settings: GenerationSettings | None = None) -> list[list[Generation]]:
         """For each prompt, ``num_return_sequences`` generations (best first for beam search), in prompt order."""
         import torch
@@ -161,13 +184,7 @@ class Generator:
         settings = settings or GenerationSettings()
         if not prompts:
             return []
-        encoded = [self.tokenizer(p, add_special_tokens=True)["input_ids"] for p in prompts]
-        budget = self.prompt_budget(settings)
-        for i, ids in enumerate(encoded):
-            if len(ids) > budget:
-                raise ValueError(
-                    f"prompt {i} is {len(ids)} tokens; the context window ({self.context_window}) leaves "
-                    f"{budget} after max_new_tokens={settings.max_new_tokens}")
+        encoded = self.encode(prompts, settings)
         own = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
         gen_config = settings.to_generation_config(self.tokenizer, own)
         if settings.do_sample:

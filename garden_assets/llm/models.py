@@ -86,6 +86,14 @@ def tuned_model_path(tuned_dir: str | os.PathLike[str]) -> Path:
     return tuned_dir / "model"
 
 
+def tuned_adapter_path(tuned_dir: str | os.PathLike[str]) -> Path | None:
+    """The LoRA adapter of a finished training run in ``tuned_dir`` (None: a full fine-tune, or no run yet)."""
+    metrics = Path(tuned_dir) / "metrics.json"
+    name = json.loads(metrics.read_text()).get("adapter_dir") if metrics.is_file() else None
+    path = run_output_path(tuned_dir, name) if name else None
+    return path if path is not None and (path / "adapter_config.json").is_file() else None
+
+
 def run_output_path(run_dir: str | os.PathLike[str], name: str | None) -> Path:
     """A directory a training run's metrics.json names, inside ``run_dir``: names are stored relative to the run's
     folder so that a home can be copied or moved (an older absolute path keeps only its last part)."""

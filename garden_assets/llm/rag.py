@@ -15,7 +15,7 @@ from typing import Any, Sequence
 from ..retrieval.embedder import KEYS
 from ..retrieval.search import DEFAULT_MODE, check_mode
 from ..retrieval.store import DEFAULT_KEY
-from .generate import GenerationSettings, Generator
+from .generate import GenerationSettings, TokenBudget
 from .metrics import sentences
 from .prompts import dolly_prompt, rag_prompt
 
@@ -218,7 +218,7 @@ def _trim_to_fit(question, context, passages, doc, count_tokens, limit, tokenize
 class Assistant:
     """Answers questions with one model, with or without retrieval from a `QAStore`."""
 
-    def __init__(self, generator: Generator, store=None, *, k: int = DEFAULT_RETRIEVAL.k,
+    def __init__(self, generator: TokenBudget, store=None, *, k: int = DEFAULT_RETRIEVAL.k,
                  mode: str = DEFAULT_RETRIEVAL.mode, passage_tokens: int | None = DEFAULT_PASSAGE_TOKENS) -> None:
         if k < 1:
             raise ValueError(f"k must be ≥ 1, got {k}")
