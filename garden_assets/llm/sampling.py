@@ -42,6 +42,14 @@ class SequenceState:
 
     def choose(self, logits: np.ndarray) -> int:
         """The next token from this step's logits (a float32 row over the vocabulary; not modified)."""
+        scores = self.scores(logits)
+        if not self.settings.do_sample:
+            return int(np.argmax(scores))
+        return int(self.rng.choice(scores.size, p=_softmax(scores)))
+
+    def scores(self, logits: np.ndarray) -> np.ndarray:
+        """The logits after every rule of the settings (removed tokens at -inf), as transformers' logits
+        processors and warpers would leave them."""
         s = self.settings
         scores = logits.astype(np.float32, copy=True)
         if s.repetition_penalty != 1.0:  # RepetitionPenaltyLogitsProcessor
@@ -54,19 +62,17 @@ class SequenceState:
             if banned:
                 scores[list(banned)] = -np.inf
         if not s.do_sample:
-            return int(np.argmax(scores))
+            return scores
         scores /= s.temperature
         if 0 < s.top_k < scores.size:  # TopKLogitsWarper
             kth = np.partition(scores, -s.top_k)[-s.top_k]
             scores[scores < kth] = -np.inf
-        probs = _softmax(scores)
         if s.top_p < 1.0:  # TopPLogitsWarper: drop the low tail whose mass is ≤ 1 - top_p, keep ≥ 1 token
-            order = np.argsort(probs)
-            tail = np.cumsum(probs[order]) <= 1 - s.top_p
+            order = np.argsort(scores, kind="stable")
+            tail = np.cumsum(_softmax(scores)[order]) <= 1 - s.top_p
             tail[-1] = False
-            probs[order[tail]] = 0.0
-            probs /= probs.sum()
-        return int(self.rng.choice(probs.size, p=probs))
+            scores[order[tail]] = -np.inf
+        return scores
 
 
 def _softmax(scores: np.ndarray) -> np.ndarray:
