@@ -111,6 +111,11 @@ def scan_drops(folder: str | Path, settle_seconds: float = 0.0) -> tuple[list[Dr
     return drops, problems
 
 
+def run_key(drop: Drop, digest: str) -> str:
+    """The run key of a drop's ingestion run: its name, content hash and site (the sensor and ``make run`` alike)."""
+    return f"{drop.key}:{digest[:16]}:{drop.site}"
+
+
 def content_hash(file: str | Path, block: int = 1 << 20) -> str:
     """sha256 of a file's bytes (hex)."""
     h = hashlib.sha256()
