@@ -36,7 +36,7 @@ COLUMNS = ("variant", "questions", "token_f1", "rouge_l", "ended", "repeated_4gr
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("dump", type=Path, help="a Posts.xml (or a folder / site .7z holding one)")
-    parser.add_argument("--site-url", default=None, help="links of the answers (default: from the dump's folder name)")
+    parser.add_argument("--site", default=None, help="the dump's site, e.g. coffee.stackexchange.com (default: from the dump's folder name)")
     parser.add_argument("--base-model", default=None,
                         help="checkpoint dir (default: this checkout's converted Gemma in .garden/models if present, "
                              "else the packaged GGUF, converted once into the temporary home)")
@@ -62,7 +62,8 @@ def main() -> int:
     target = drops / name / (dump.name if dump.is_file() else "Posts.xml")
     if not target.exists():
         os.symlink(dump if dump.is_file() else dump / "Posts.xml", target)
-    site = args.site_url or f"https://{name.replace('-meta', '.meta')}.stackexchange.com"
+    site = args.site or f"{name.replace('-meta', '.meta')}.stackexchange.com"
+    (drops / name / "site.yaml").write_text(f"site: {site}\n")  # the drop names its site (links, identity)
     base = args.base_model or _local_gemma()
     try:
         figures = run(home, drops, name, site, base, args)
@@ -110,7 +111,6 @@ def run(home: Path, drops: Path, name: str, site: str, base: str | None, args) -
         evaluation_config["variants"] = args.variants.split(",")
     config = {"ops": {
         "clean_posts": {"config": RELAXED_CLEAN},
-        "qa_pairs": {"config": {"site_url": site}},
         "finetune_dataset": {"config": {"max_test_fraction": TEST_FRACTION, **args.dataset}},
         "tuned_model": {"config": args.tune},
         "evaluation_answers": {"config": evaluation_config},

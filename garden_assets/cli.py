@@ -67,7 +67,7 @@ def _ingest(args: argparse.Namespace) -> int:
 
 
 def _search(args: argparse.Namespace) -> int:
-    from .llm.rag import RetrievalSetting, check_question
+    from .llm.rag import RetrievalSetting, check_question, exclusion_filter
     from .retrieval.store import has_index, open_store
     from .settings import lance_storage_options, lance_uri
 
@@ -79,7 +79,7 @@ def _search(args: argparse.Namespace) -> int:
     if not has_index(lance_uri(), key=args.key, model=args.model, storage_options=lance_storage_options()):
         raise UsageError(f"no index at {lance_uri()} for key {args.key!r}: materialize the qa_index asset first (make run)")
     store = open_store(lance_uri(), key=args.key, model=args.model, storage_options=lance_storage_options())
-    hits = store.search(question, k=args.k, mode=args.mode)
+    hits = store.search(question, k=args.k, mode=args.mode, where=exclusion_filter(site=_site(args.site)))
     if args.json:
         print(json.dumps([dataclasses.asdict(h) for h in hits], default=str))
         return 0
@@ -95,8 +95,10 @@ def _eval_retrieval(args: argparse.Namespace) -> int:
     from .stackexchange.reader import read_posts
     from .stackexchange.text import clean_posts
 
+    from .drops import site_of
+
     clean, _ = clean_posts(read_posts(args.dump))  # no score/length filters: the README protocol
-    pairs, _ = build_pairs(clean)
+    pairs, _ = build_pairs(clean, site=site_of(args.dump).name)
     keys = ["answer", "question+answer"] if args.key == "all" else [args.key]
     modes = ["vector", "fts", "hybrid"] if args.mode == "all" else [args.mode]
     for r in evaluate_grid(pairs, Embedder(args.model), keys, modes):
@@ -116,6 +118,17 @@ def _add_generation_flags(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, action="store_true", default=None, help=f"(default: {f.default})")
         else:
             parser.add_argument(flag, type={"int": int, "float": float}[f.type], help=f"(default: {f.default})")
+
+
+def _site(name: str | None) -> str | None:
+    """``--site``: a host name (lower case), checked so it can go into a search filter."""
+    from .drops import HOST
+
+    if name is None:
+        return None
+    if not HOST.match(name.strip().lower()):
+        raise UsageError(f"--site {name!r}: expected a host name such as coffee.stackexchange.com")
+    return name.strip().lower()
 
 
 def _ask(args: argparse.Namespace) -> int:
@@ -151,7 +164,8 @@ def _ask(args: argparse.Namespace) -> int:
     label = "retrieved (no model)" if args.no_model else f"{args.model} model"
     try:
         if args.no_model:
-            answer = pasted_answer(store, Question(question, args.context or ""), k=args.k, mode=args.mode)
+            answer = pasted_answer(store, Question(question, args.context or ""), k=args.k, mode=args.mode,
+                                   site=_site(args.site))
         else:
             spec = load_profile(asset="generation", defaults=ComputeSpec(device="auto"))
             generator = load_generator(path, backend=args.backend or spec.backend, device=spec.resolve_device(),
@@ -159,7 +173,7 @@ def _ask(args: argparse.Namespace) -> int:
                                        max_context_tokens=args.max_context_tokens,
                                        log=lambda line: print(f"garden: {line}", file=sys.stderr))
             label += f" via {describe(generator)}"
-            [answer] = Assistant(generator, store, k=args.k, mode=args.mode).ask(
+            [answer] = Assistant(generator, store, k=args.k, mode=args.mode, site=_site(args.site)).ask(
                 [Question(question, args.context or "")], settings, rag=not args.no_rag)
     except ValueError as e:
         raise UsageError(f"ask: {e}") from None
@@ -202,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=["hybrid", "vector", "fts"], default="hybrid")
     p.add_argument("--key", choices=["answer", "question+answer"], default="question+answer")
     p.add_argument("--model", default=None, help="the embedding model the index was built with (default: packaged MiniLM)")
+    p.add_argument("--site", help="only answers from this site (e.g. coffee.stackexchange.com)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_search)
 
@@ -214,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, default=DEFAULT_RETRIEVAL.k, help="documents to retrieve")
     p.add_argument("--mode", choices=["hybrid", "vector", "fts"], default="hybrid")
     p.add_argument("--key", choices=["answer", "question+answer"], default="question+answer")
+    p.add_argument("--site", help="retrieve only from this site (e.g. coffee.stackexchange.com)")
     p.add_argument("--context", help="more detail about the question (the Input: block)")
     p.add_argument("--max-context-tokens", type=_at_least_one, default=2048, help="prompt + answer window")
     p.add_argument("--backend", choices=BACKENDS, default=None,

@@ -16,10 +16,11 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 
+from .defs.automation import SENSOR_NAME, drop_run_tags
 from .defs.posts import drops_partitions
 from .defs.runs import fail_dead_runs
 from .settings import drops_folder, garden_home
-from .drops import scan_drops
+from .drops import content_hash, run_key, scan_drops
 from .stackexchange.reader import DumpError
 
 
@@ -60,11 +61,15 @@ def main() -> int:
     downstream = [k for k in graph.materializable_asset_keys if graph.get(k).partitions_def is None]
     quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
     failed = []
-    for key in keys:
-        result = job.execute_in_process(instance=inst, partition_key=key, asset_selection=partitioned, raise_on_error=False, run_config=quiet)
-        print(f"drop {key}: {'ok' if result.success else 'FAILED'} (run {result.run_id[:8]})")
+    for drop in drops:
+        # Tagged as the drops sensor's run of this content: its first tick under `make ui` finds the run key taken.
+        digest = content_hash(drop.file)
+        tags = {**drop_run_tags(drop, digest), "dagster/run_key": run_key(drop, digest), "dagster/sensor_name": SENSOR_NAME}
+        result = job.execute_in_process(instance=inst, partition_key=drop.key, asset_selection=partitioned,
+                                        raise_on_error=False, run_config=quiet, tags=tags)
+        print(f"drop {drop.key} ({drop.site}): {'ok' if result.success else 'FAILED'} (run {result.run_id[:8]})")
         if not result.success:
-            failed.append(key)
+            failed.append(drop.key)
     result = job.execute_in_process(instance=inst, asset_selection=downstream, raise_on_error=False, run_config=quiet)
     print(f"{', '.join(k.to_user_string() for k in downstream)}: {'ok' if result.success else 'FAILED'} (run {result.run_id[:8]})")
     summary(inst, keys, failed, time.time() - started)
@@ -82,6 +87,11 @@ def summary(inst: dg.DagsterInstance, keys: list[str], failed: list[str], second
     print(f"drops:   {len(keys)} ({', '.join(keys)}){'; failed: ' + ', '.join(failed) if failed else ''}")
     print(f"posts:   {posts} read")
     print(f"pairs:   {pairs} Q/A pairs -> {pairs_file}")
+    if pairs_file.exists():  # a search per site, with that site's own best-scored question: never another corpus's
+        best = (pl.scan_parquet(pairs_file).sort("question_score", descending=True).group_by("site", maintain_order=True)
+                .agg(pl.col("instruction").first()).sort("site").collect())
+        for site, title in best.iter_rows():
+            print(f'         search: .venv/bin/garden search "{title}" --site {site}')
     answers = storage / "evaluation_answers.parquet"
     if answers.exists():
         from .llm.evaluation import summarize

@@ -30,6 +30,7 @@ def make_pairs(n_questions: int, answers_per_question: int = 1, seed: int = 0, w
     for q in range(n_questions):
         for a in range(answers_per_question):
             rows.append({
+                "site": "gardening.stackexchange.com",
                 "question_id": 100 + q,
                 "answer_id": 10_000 + q * 10 + a,
                 "instruction": f"How do I {rng.choice(WORDS)} my {rng.choice(WORDS)}?",
@@ -46,7 +47,7 @@ def make_pairs(n_questions: int, answers_per_question: int = 1, seed: int = 0, w
     schema = {"question_id": pl.Int64, "answer_id": pl.Int64, "question_score": pl.Int64, "answer_score": pl.Int64,
               "tags": pl.List(pl.String)}
     return pl.DataFrame(rows, schema_overrides=schema) if rows else pl.DataFrame(
-        schema={"question_id": pl.Int64, "answer_id": pl.Int64, "instruction": pl.String, "context": pl.String,
+        schema={"site": pl.String, "question_id": pl.Int64, "answer_id": pl.Int64, "instruction": pl.String, "context": pl.String,
                 "response": pl.String, "category": pl.String, "is_accepted": pl.Boolean,
                 "question_score": pl.Int64, "answer_score": pl.Int64, "tags": pl.List(pl.String),
                 "source_url": pl.String, "content_hash": pl.String})

@@ -136,6 +136,12 @@ def test_sensor_new_changed_unchanged(env, monkeypatch):
     assert [r.partition_key for r in changed.run_requests] == ["first"]
     assert changed.run_requests[0].run_key != keys["first"]
     assert changed.run_requests[0].run_key.startswith("first:")
+    # The same file, now said to be another site's dump: its posts change identity, so it runs again.
+    (drops / "first" / "site.yaml").write_text("site: beer.stackexchange.com\n")
+    resited = _tick(instance, resources, changed.cursor)
+    assert [r.partition_key for r in resited.run_requests] == ["first"]
+    assert resited.run_requests[0].run_key.endswith(":beer.stackexchange.com")
+    assert _tick(instance, resources, resited.cursor).run_requests == []
     # A file still being copied (too new) waits for a later tick.
     monkeypatch.setattr(automation, "SETTLE_SECONDS", 3600)
     write_dump(drops / "late" / "Posts.xml", [q(1)])

@@ -32,9 +32,15 @@ def test_metric_inputs_checked():
 def test_queries_follow_readme_protocol():
     pairs = sample_pairs()
     queries, relevant = queries_from_pairs(pairs)
-    assert queries[0] == "How deep do I plant garlic?" and relevant[0] == {11, 12}  # one query per question
+    g = "gardening.stackexchange.com"
+    assert queries[0] == "How deep do I plant garlic?" and relevant[0] == {(g, 11), (g, 12)}  # one query per question
     assert len(queries) == pairs["question_id"].n_unique()
-    assert relevant[-1] == {61, 62}
+    assert relevant[-1] == {(g, 61), (g, 62)}
+    # The same question id on another site is another question; its answers are relevant to it alone.
+    other = pairs.with_columns(site=pl.lit("coffee.stackexchange.com"))
+    queries, relevant = queries_from_pairs(pl.concat([pairs, other]))
+    assert len(queries) == 2 * pairs["question_id"].n_unique()
+    assert relevant[0] == {(g, 11), (g, 12)} and ("coffee.stackexchange.com", 11) in relevant[len(relevant) // 2]
 
 
 def test_evaluate_on_a_store_and_refuses_title_key():

@@ -50,7 +50,8 @@ def test_upsert_embeds_only_new_or_changed_rows(tmp_path, minilm):
 def test_metadata_and_table_per_configuration(tmp_path):
     a = QAStore(tmp_path, HashEmbedder(16, "model-a"), key="answer")
     a.upsert(sample_pairs())
-    assert a.metadata() == {"embedding_model": "model-a", "embedding_dim": "16", "index_id": "model-a", "key": "answer"}
+    assert a.metadata() == {"embedding_model": "model-a", "embedding_dim": "16", "index_id": "model-a", "key": "answer",
+                            "ids": "site/answer_id"}
     b = QAStore(tmp_path, HashEmbedder(24, "model-b"), key="answer")
     c = QAStore(tmp_path, HashEmbedder(16, "model-a"), key="question+answer")
     assert len({a.name, b.name, c.name}) == 3 and a.name == table_name("answer", "model-a")

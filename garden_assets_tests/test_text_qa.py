@@ -43,17 +43,17 @@ def test_pairs_newest_wins_orphans_and_accepted(tmp_path):
          a(2, 1, body="<p>stale copy</p>", last="2022-01-01T00:00:00.000")],
     )
     clean = pl.concat([clean_posts(read_posts(d))[0] for d in (d1, d2)])
-    pairs, stats = build_pairs(clean, site_url="https://garden.example/")
+    pairs, stats = build_pairs(clean, site="garden.example")
     assert pairs.columns == QA_COLUMNS
     assert pairs["answer_id"].to_list() == [2, 3]
     assert pairs["instruction"].to_list() == ["New title", "New title"]
     assert pairs["response"].to_list() == ["Plant cloves 5 cm deep, pointy end up.", "edited"]
     assert pairs["is_accepted"].to_list() == [True, False]
-    assert pairs["source_url"][0] == "https://garden.example/a/2"
+    assert pairs["source_url"][0] == "https://garden.example/a/2" and pairs["site"].unique().to_list() == ["garden.example"]
     assert stats["orphan_answers"] == 1 and stats["posts_superseded"] == 3
     assert pairs["content_hash"].n_unique() == 2
     # The hash follows content only.
-    again, _ = build_pairs(clean, site_url="https://garden.example/")
+    again, _ = build_pairs(clean, site="garden.example")
     assert again["content_hash"].to_list() == pairs["content_hash"].to_list()
 
 

@@ -4,7 +4,7 @@
 import dagster as dg
 import polars as pl
 
-from ..drops import content_hash, locate
+from ..drops import content_hash, locate, site_of
 from ..stackexchange.qa import build_pairs, newest_posts
 from ..stackexchange.reader import DumpError, ReadStats, find_posts, read_posts
 from ..stackexchange.text import clean_posts as clean_frame
@@ -30,10 +30,14 @@ def raw_posts(context: dg.AssetExecutionContext, paths: GardenPaths):
     try:
         entry = locate(paths.drops_path, context.partition_key)
         file, member = find_posts(entry)
+        site = site_of(entry, paths.drops_path)
         df = read_posts(entry, drop=context.partition_key, stats=stats)
     except DumpError as e:  # a bad drop: say which file and line, fail only this partition
         raise dg.Failure(description=str(e), allow_retries=False) from None
-    df, duplicates = newest_posts(df)
+    if site.source == "default":
+        context.log.warning(f"drop {context.partition_key} names no site: taken as {site.name}; name it after its site "
+                            f"(beer.stackexchange.com.7z) or add a site.yaml (`site: beer.stackexchange.com`)")
+    df, duplicates = newest_posts(df, site.name)
     if duplicates:
         stats.skip("duplicate id (older row dropped)", str(file), n=duplicates)
     if df.height == 0:
@@ -46,12 +50,14 @@ def raw_posts(context: dg.AssetExecutionContext, paths: GardenPaths):
         metadata={
             "source": dg.MetadataValue.path(f"{file}!{member}" if member else str(file)),
             "content_hash": digest,
+            "site": site.name,
+            "site_from": site.source,
             **counts(rows=df.height, questions=stats.questions, answers=stats.answers),
             **_skips(stats),
             "preview": preview(df, ["id", "post_type", "parent_id", "score", "title", "tags", "last_activity_date"]),
         },
     )
-    yield unique_ids_check(df, "id")
+    yield unique_ids_check(df, ["site", "id"])
 
 
 def _skips(stats: ReadStats) -> dict:
@@ -87,11 +93,7 @@ def clean_posts(config: CleanConfig, raw_posts: pl.DataFrame):
         },
     )
     tagged = df.filter(pl.col("text").map_elements(has_html, return_dtype=pl.Boolean))
-    yield unique_ids_check(df, "id", check_name="plain_text", rows_with_html=tagged.height)
-
-
-class PairsConfig(dg.Config):
-    site_url: str = "https://gardening.stackexchange.com"
+    yield unique_ids_check(df, ["site", "id"], check_name="plain_text", rows_with_html=tagged.height)
 
 
 @dg.asset(
@@ -102,30 +104,35 @@ class PairsConfig(dg.Config):
     description="One row per answer joined to its question, over all drops; the newest version of a post wins.",
     check_specs=[dg.AssetCheckSpec("complete_pairs", asset="qa_pairs", blocking=True, description="Every pair has a non-empty instruction and response; answer ids unique.")],
 )
-def qa_pairs(context: dg.AssetExecutionContext, config: PairsConfig, clean_posts):
+def qa_pairs(context: dg.AssetExecutionContext, clean_posts):
     # The IO manager hands over a dict of partition → frame, or a bare frame when only one drop exists.
     by_drop = clean_posts if isinstance(clean_posts, dict) else {context.asset_partition_keys_for_input("clean_posts")[0]: clean_posts}
     frames = [df for df in by_drop.values() if df.height]
     if not frames:
         raise dg.Failure("no cleaned posts in any drop: materialize raw_posts/clean_posts for a drop first")
-    pairs, stats = build_pairs(pl.concat(frames, how="vertical_relaxed"), site_url=config.site_url)
+    old = sorted(k for k, df in by_drop.items() if "site" not in df.columns)
+    if old:  # an older home (one site for all drops): never guess, rebuild
+        raise dg.Failure(f"clean_posts of drops {old} predate per-site post ids (no site column): re-materialize "
+                         f"raw_posts and clean_posts for them (`make run` does), then qa_pairs")
+    pairs, stats = build_pairs(pl.concat(frames, how="vertical_relaxed"))
     context.log.info(f"pairs from drops {sorted(by_drop)}: {stats}")
     yield dg.Output(
         pairs,
         metadata={
             **counts(**stats, drops=len(by_drop), accepted=int(pairs["is_accepted"].sum())),
-            "preview": preview(pairs, ["question_id", "answer_id", "instruction", "response", "is_accepted"]),
+            "pairs_by_site": dg.MetadataValue.json(dict(pairs.group_by("site").len().sort("site").iter_rows())),
+            "preview": preview(pairs, ["site", "question_id", "answer_id", "instruction", "response", "is_accepted"]),
         },
     )
     empty = pairs.filter((pl.col("instruction").str.strip_chars() == "") | (pl.col("response").str.strip_chars() == ""))
-    yield unique_ids_check(pairs, "answer_id", check_name="complete_pairs", empty_rows=empty.height)
+    yield unique_ids_check(pairs, ["site", "answer_id"], check_name="complete_pairs", empty_rows=empty.height)
 
 
-def unique_ids_check(df: pl.DataFrame, column: str, check_name: str = "unique_ids", **failures: int):
-    """Passes when ``column`` is unique and every other named failure count is zero."""
-    dupes = df.height - df[column].n_unique()
+def unique_ids_check(df: pl.DataFrame, key: list[str], check_name: str = "unique_ids", **failures: int):
+    """Passes when the ``key`` columns are unique together and every other named failure count is zero."""
+    dupes = df.height - df.select(key).n_unique()
     return dg.AssetCheckResult(
         check_name=check_name,
         passed=dupes == 0 and not any(failures.values()),
-        metadata={f"duplicate_{column}s": dupes, **failures, "rows": df.height},
+        metadata={f"duplicate_{key[-1]}s": dupes, **failures, "rows": df.height},
     )

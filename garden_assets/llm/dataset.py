@@ -28,7 +28,7 @@ from garden_assets.llm.prompts import dolly_completion, dolly_prompt
 from garden_assets.llm.rag import DEFAULT_RETRIEVAL, Question, fit_rag_prompt, leading_sentences, retrieve
 
 ROW_COLUMNS = ("instruction", "context", "response", "category", "prompt", "completion", "n_tokens")
-ID_COLUMNS = ("question_id", "answer_id", "source_url")
+ID_COLUMNS = ("site", "question_id", "answer_id", "source_url")
 _REQUIRED = ("question_id", "answer_id", "instruction", "context", "response", "is_accepted", "answer_score")
 
 
@@ -115,6 +115,11 @@ def encode_examples(tokenizer, prompts: Sequence[str], completions: Sequence[str
 
 
 # -- building ------------------------------------------------------------------------------------------------
+def question_of(row: dict[str, Any]) -> tuple[str, int]:
+    """A row's question identity ``(site, question_id)`` (ids repeat across sites)."""
+    return row.get("site") or "", int(row["question_id"])
+
+
 def _holdout_rank(seed: int, question_id: int) -> bytes:
     return hashlib.blake2b(f"{seed}:{question_id}".encode(), digest_size=8).digest()
 
@@ -168,7 +173,7 @@ def build_finetune_dataset(qa_pairs, tokenizer, options: DatasetOptions | None =
         rows.append({
             "instruction": instruction, "context": (rec["context"] or "").strip(), "response": response,
             "category": rec.get("category") or "closed_qa", "completion": dolly_completion(response),
-            "question_id": int(rec["question_id"]), "answer_id": int(rec["answer_id"]),
+            "site": rec.get("site") or "", "question_id": int(rec["question_id"]), "answer_id": int(rec["answer_id"]),
             "source_url": rec.get("source_url") or "",
         })
     if not rows:
@@ -176,7 +181,7 @@ def build_finetune_dataset(qa_pairs, tokenizer, options: DatasetOptions | None =
 
     train, test = split_by_question(rows, options)
     train, valid = split_by_question(train, replace(options, test_size=options.valid_size))
-    held_out = {r["question_id"] for r in valid + test}
+    held_out = {question_of(r) for r in valid + test}
     shortened = dropped_long_answer = 0
     if options.answer_tokens is not None:
         fitted: dict[str, list] = {"train": [], "valid": []}
@@ -262,9 +267,10 @@ def add_prompts(rows: list[dict[str, Any]], tokenizer, options: DatasetOptions, 
         rng = random.Random(f"{options.seed}:{r['answer_id']}")
         with_oracle = oracle and rng.random() < options.oracle_share
         hits = retrieve(store, r["instruction"], k=options.rag_k, mode=options.rag_mode, vector=vector,
-                        exclude=held_out | {r["question_id"]})
+                        exclude=held_out | {question_of(r)})
         if with_oracle:
-            own = Hit(r["answer_id"], r["question_id"], r["instruction"], r["response"], r["source_url"], True, 0, 1.0)
+            own = Hit(r["answer_id"], r["question_id"], r["instruction"], r["response"], r["source_url"], True, 0, 1.0,
+                      r["site"])
             hits = hits[: options.rag_k - 1]
             hits.insert(rng.randrange(len(hits) + 1), own)
         completion = len(tokenizer(r["completion"], add_special_tokens=False)["input_ids"])
@@ -277,26 +283,27 @@ def add_prompts(rows: list[dict[str, Any]], tokenizer, options: DatasetOptions, 
             r.update(prompt=dolly_prompt(r["instruction"], r["context"]), passages=0, oracle=False)
             continue
         r.update(prompt=fitted.prompt, passages=len(fitted.sources),
-                 oracle=any(s.answer_id == r["answer_id"] for s in fitted.sources))
+                 oracle=any((s.site, s.answer_id) == (r["site"], r["answer_id"]) for s in fitted.sources))
 
 
 def split_by_question(rows: list[dict[str, Any]], options: DatasetOptions) -> tuple[list[dict], list[dict]]:
     """Hold out whole questions (lowest seeded hash first) up to min(test_size, max_test_fraction · rows) rows."""
     n_test = min(options.test_size, int(len(rows) * options.max_test_fraction))
-    by_question: dict[int, list[dict]] = {}
+    by_question: dict[tuple[str, int], list[dict]] = {}
     for row in rows:
-        by_question.setdefault(row["question_id"], []).append(row)
-    held: set[int] = set()
+        by_question.setdefault(question_of(row), []).append(row)
+    held: set[tuple[str, int]] = set()
     count = 0
-    for qid in sorted(by_question, key=lambda q: _holdout_rank(options.seed, q)):
+    # Ranked by the seeded hash of the question id (the same split as before sites), the site breaking ties.
+    for qid in sorted(by_question, key=lambda q: (_holdout_rank(options.seed, q[1]), q[0])):
         size = len(by_question[qid])
         if count + size <= n_test:
             held.add(qid)
             count += size
         if count >= n_test:
             break
-    train = [r for r in rows if r["question_id"] not in held]
-    test = [r for r in rows if r["question_id"] in held]
+    train = [r for r in rows if question_of(r) not in held]
+    test = [r for r in rows if question_of(r) in held]
     return train, test
 
 

@@ -52,6 +52,7 @@ class EvalQuestion:
     instruction: str
     context: str
     references: list[str]
+    site: str = ""
 
 
 @dataclass
@@ -95,7 +96,7 @@ def load_test_questions(path: str | os.PathLike[str], limit: int | None = None) 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: materialize finetune_dataset first")
-    by_id: dict[int, EvalQuestion] = {}
+    by_id: dict[tuple[str, int], EvalQuestion] = {}
     with path.open(encoding="utf-8") as fh:
         for line_no, line in enumerate(fh, 1):
             if not line.strip():
@@ -105,9 +106,10 @@ def load_test_questions(path: str | os.PathLike[str], limit: int | None = None) 
                 qid, instruction, response = int(row["question_id"]), str(row["instruction"]), str(row["response"])
             except (ValueError, KeyError, TypeError) as e:
                 raise ValueError(f"{path}:{line_no}: not a test row with question_id/instruction/response ({e})") from None
-            if qid not in by_id:
-                by_id[qid] = EvalQuestion(qid, instruction, str(row.get("context") or ""), [])
-            by_id[qid].references.append(response)
+            site = str(row.get("site") or "")
+            if (site, qid) not in by_id:
+                by_id[site, qid] = EvalQuestion(qid, instruction, str(row.get("context") or ""), [], site)
+            by_id[site, qid].references.append(response)
     questions = list(by_id.values())
     if not questions:
         raise ValueError(f"{path} holds no test questions")
@@ -128,7 +130,7 @@ def run_evaluation(
     stores: dict[str, object] = {}
     rows: list[dict] = []
     asked = [Question(q.instruction, q.context) for q in questions]
-    exclude = [q.question_id for q in questions]
+    exclude = [(q.site, q.question_id) if q.site else q.question_id for q in questions]
 
     def store_of(variant: Variant, retrieval: RetrievalSetting):
         if not variant.rag:

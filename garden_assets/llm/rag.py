@@ -85,6 +85,7 @@ class Source:
     url: str
     score: float
     trimmed: bool = False
+    site: str = ""
 
 
 @dataclass
@@ -135,31 +136,46 @@ def check_question(text: str) -> str:
     return text
 
 
-def exclusion_filter(question_ids) -> str | None:
-    """A search ``where`` that skips these questions' answers (None: skip nothing)."""
-    ids = sorted({int(q) for q in (question_ids or ()) if q is not None})
-    if not ids:
-        return None
-    return f"question_id NOT IN ({', '.join(map(str, ids))})"
+def _sql(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
 
 
-def retrieve(store, question: str, *, k: int, mode: str, exclude=(), vector=None) -> list:
-    """The top ``k`` hits for ``question``, none from the questions in ``exclude`` (one search for RAG answers,
-    the ``retrieved`` anchor and RAFT training prompts alike); ``vector``: the question's embedding, if known."""
+def exclusion_filter(questions=(), site: str | None = None) -> str | None:
+    """A search ``where`` that keeps only ``site`` (None: all sites) and skips these questions' answers: each a
+    ``(site, question_id)`` (a post's identity) or a bare question id (that id on every site). None: no filter."""
+    by_site: dict[str | None, set[int]] = {}
+    for q in questions or ():
+        if q is None:
+            continue
+        qsite, qid = q if isinstance(q, tuple) else (None, q)
+        by_site.setdefault(qsite or None, set()).add(int(qid))
+    parts = [f"site = {_sql(site)}"] if site else []
+    for qsite, ids in sorted(by_site.items(), key=lambda kv: kv[0] or ""):
+        not_in = f"question_id NOT IN ({', '.join(map(str, sorted(ids)))})"
+        parts.append(not_in if qsite is None else f"(site != {_sql(qsite)} OR {not_in})")
+    return " AND ".join(parts) or None
+
+
+def retrieve(store, question: str, *, k: int, mode: str, exclude=(), vector=None, site: str | None = None) -> list:
+    """The top ``k`` hits for ``question`` (from ``site`` only, if given), none from the questions in ``exclude``
+    (one search for RAG answers, the ``retrieved`` anchor and RAFT training prompts alike); ``vector``: the
+    question's embedding, if known."""
     if store is None:
         raise ValueError("RAG needs an index: materialize qa_index first")
-    return store.search(check_question(question), k=k, mode=mode, where=exclusion_filter(exclude), vector=vector)
+    return store.search(check_question(question), k=k, mode=mode, where=exclusion_filter(exclude, site),
+                        vector=vector)
 
 
-def pasted_answer(store, question: Question, *, k: int = 1, mode: str = "hybrid", exclude=()) -> "Answer":
+def pasted_answer(store, question: Question, *, k: int = 1, mode: str = "hybrid", exclude=(),
+                  site: str | None = None) -> "Answer":
     """The anchor a user has without any model: the top retrieved answer, pasted as is, with its source."""
     began = time.perf_counter()
-    hits = retrieve(store, question.text, k=k, mode=mode, exclude=exclude)
+    hits = retrieve(store, question.text, k=k, mode=mode, exclude=exclude, site=site)
     seconds = time.perf_counter() - began
     top = hits[:1]
     return Answer(question=question.text.strip(), answer=top[0].text if top else "", rag=True,
-                  sources=[Source(h.answer_id, h.question_id, h.title, h.source_url, round(float(h.score), 4))
-                           for h in top],
+                  sources=[Source(h.answer_id, h.question_id, h.title, h.source_url, round(float(h.score), 4),
+                                  site=h.site) for h in top],
                   latency_s=round(seconds, 3), retrieval_s=round(seconds, 4), docs_retrieved=len(hits),
                   passages=[h.text for h in top])
 
@@ -195,7 +211,7 @@ def fit_rag_prompt(question: Question, hits: Sequence, count_tokens, max_prompt_
         dropped += len(hits) - n - 1  # the prompt is full now
         break
     prompt = rag_prompt(text, [t for _, t, _ in used], question.context)
-    sources = [Source(h.answer_id, h.question_id, h.title, h.source_url, round(float(h.score), 4), cut)
+    sources = [Source(h.answer_id, h.question_id, h.title, h.source_url, round(float(h.score), 4), cut, h.site)
                for h, _, cut in used]
     return FittedPrompt(prompt, sources, count_tokens(prompt), len(hits), trimmed, dropped, [t for _, t, _ in used])
 
@@ -219,7 +235,8 @@ class Assistant:
     """Answers questions with one model, with or without retrieval from a `QAStore`."""
 
     def __init__(self, generator: TokenBudget, store=None, *, k: int = DEFAULT_RETRIEVAL.k,
-                 mode: str = DEFAULT_RETRIEVAL.mode, passage_tokens: int | None = DEFAULT_PASSAGE_TOKENS) -> None:
+                 mode: str = DEFAULT_RETRIEVAL.mode, passage_tokens: int | None = DEFAULT_PASSAGE_TOKENS,
+                 site: str | None = None) -> None:
         if k < 1:
             raise ValueError(f"k must be ≥ 1, got {k}")
         self.generator = generator
@@ -227,11 +244,12 @@ class Assistant:
         self.k = k
         self.mode = mode
         self.passage_tokens = passage_tokens
+        self.site = site  # retrieve from this site only (None: all)
 
     def ask(self, questions: Sequence[Question], settings: GenerationSettings | None = None, *, rag: bool = True,
-            exclude_question_ids: Sequence[int | None] | None = None) -> list[Answer]:
+            exclude_question_ids: Sequence[tuple[str, int] | int | None] | None = None) -> list[Answer]:
         """Answer each question (one batched generation). ``exclude_question_ids[i]``: retrieval skips that
-        question's own answers (a held-out question must not find its reference answer)."""
+        question's own answers (``(site, question_id)``) (a held-out question must not find its reference answer)."""
         settings = settings or GenerationSettings()
         gen = self.generator
         budget = gen.prompt_budget(settings)
@@ -246,7 +264,7 @@ class Assistant:
                 continue
             skip = [exclude_question_ids[i]] if exclude_question_ids else ()
             began = time.perf_counter()
-            hits = retrieve(self.store, text, k=self.k, mode=self.mode, exclude=skip)
+            hits = retrieve(self.store, text, k=self.k, mode=self.mode, exclude=skip, site=self.site)
             retrieval_s.append(time.perf_counter() - began)
             fitted.append(fit_rag_prompt(q, hits, gen.count_tokens, budget, tokenizer=gen.tokenizer,
                                          passage_tokens=self.passage_tokens))

@@ -37,11 +37,13 @@ def _check(ranked, relevant) -> None:
         raise ValueError("no queries")
 
 
-def queries_from_pairs(pairs: pl.DataFrame) -> tuple[list[str], list[set[int]]]:
-    """The README's queries: each question's title once (first-seen order), relevant = its answer ids."""
-    grouped = pairs.group_by("question_id", maintain_order=True).agg(
+def queries_from_pairs(pairs: pl.DataFrame) -> tuple[list[str], list[set[tuple[str, int]]]]:
+    """The README's queries: each question's title once (first-seen order), relevant = its ``(site, answer id)``s."""
+    site = pl.col("site") if "site" in pairs.columns else pl.lit("")
+    grouped = pairs.with_columns(site.alias("_site")).group_by("_site", "question_id", maintain_order=True).agg(
         pl.col("instruction").first(), pl.col("answer_id"))
-    return grouped["instruction"].to_list(), [set(ids) for ids in grouped["answer_id"].to_list()]
+    return grouped["instruction"].to_list(), [{(s, a) for a in ids} for s, ids in
+                                              zip(grouped["_site"].to_list(), grouped["answer_id"].to_list())]
 
 
 @dataclass
@@ -85,7 +87,7 @@ def _run(pairs, store, key, mode, docs_per_s) -> EvalResult:
         start = time.perf_counter()
         hits = store.search(q, k=10, mode=mode) if q.strip() else []
         ms.append((time.perf_counter() - start) * 1e3)
-        ranked.append([h.answer_id for h in hits])
+        ranked.append([(h.site, h.answer_id) for h in hits])
     return EvalResult(key=key, mode=mode, queries=len(queries),
                       success_at_5=round(success_at_k(ranked, relevant, 5), 4),
                       mrr_at_10=round(mrr_at_k(ranked, relevant, 10), 4), index_docs_per_s=docs_per_s,

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+import polars as pl
 import pyarrow as pa
 
 Mode = Literal["vector", "fts", "hybrid"]
@@ -24,7 +25,9 @@ DEFAULT_MODE = "hybrid"
 VECTOR_WEIGHT = 0.7  # LanceDB LinearCombinationReranker default
 CANDIDATES = 50  # rows each leg hands to the fusion (min–max over top-5 alone is too jumpy)
 
-HIT_COLUMNS = ["answer_id", "question_id", "instruction", "response", "source_url", "is_accepted", "answer_score"]
+KEY = "uid"  # the index's row key: "site/answer_id" (a post's identity is (site, id))
+ID_SCHEME = "site/answer_id"  # in table metadata: a table keyed otherwise (older homes) is rebuilt
+HIT_COLUMNS = [KEY, "site", "answer_id", "question_id", "instruction", "response", "source_url", "is_accepted", "answer_score"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,12 @@ class Hit:
     is_accepted: bool
     answer_score: int
     score: float
+    site: str = ""
+
+
+def uid_expr() -> pl.Expr:
+    """The ``uid`` column from ``site`` and ``answer_id``."""
+    return pl.format("{}/{}", pl.col("site"), pl.col("answer_id")).alias(KEY)
 
 
 def _minmax(x: np.ndarray) -> np.ndarray:
@@ -51,11 +60,11 @@ def _minmax(x: np.ndarray) -> np.ndarray:
 def fuse(vector: pa.Table, fts: pa.Table, weight: float = VECTOR_WEIGHT) -> pa.Table:
     """Weighted sum of min–max normalised leg scores (a row missing from a leg scores 0 there), best first.
 
-    ``vector`` has ``_distance`` (cosine), ``fts`` has ``_score`` (BM25); both have ``answer_id``. The result has
+    ``vector`` has ``_distance`` (cosine), ``fts`` has ``_score`` (BM25); both have ``uid``. The result has
     the union of rows with ``_relevance_score``.
     """
-    v_ids = vector["answer_id"].to_numpy()
-    f_ids = fts["answer_id"].to_numpy()
+    v_ids = vector[KEY].to_numpy(zero_copy_only=False)
+    f_ids = fts[KEY].to_numpy(zero_copy_only=False)
     v_score = weight * _minmax(1.0 - vector["_distance"].to_numpy().astype(np.float64))
     f_score = (1.0 - weight) * _minmax(fts["_score"].to_numpy().astype(np.float64))
     total = dict(zip(v_ids.tolist(), v_score.tolist()))
@@ -64,7 +73,7 @@ def fuse(vector: pa.Table, fts: pa.Table, weight: float = VECTOR_WEIGHT) -> pa.T
     only_fts = ~np.isin(f_ids, v_ids)
     rows = pa.concat_tables([vector.drop_columns(["_distance"]),
                              fts.filter(pa.array(only_fts)).drop_columns(["_score"])])
-    scores = np.array([total[i] for i in rows["answer_id"].to_pylist()])
+    scores = np.array([total[i] for i in rows[KEY].to_pylist()])
     order = np.argsort(-scores, kind="stable")
     return rows.take(pa.array(order)).append_column("_relevance_score", pa.array(scores[order], pa.float32()))
 
@@ -85,6 +94,7 @@ def hits_from_arrow(table: pa.Table, mode: str, k: int) -> list[Hit]:
         scores = [r["_relevance_score"] for r in rows]
     return [
         Hit(answer_id=r["answer_id"], question_id=r["question_id"], title=r["instruction"], text=r["response"],
-            source_url=r["source_url"], is_accepted=r["is_accepted"], answer_score=r["answer_score"], score=float(s))
+            source_url=r["source_url"], is_accepted=r["is_accepted"], answer_score=r["answer_score"], score=float(s),
+            site=r.get("site") or "")
         for r, s in zip(rows, scores)
     ]

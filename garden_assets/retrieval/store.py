@@ -5,7 +5,8 @@
   slices), so readers see the old version or the new one, never a half-written one.
 - model name, dimension and key live in the table's schema metadata; a table whose metadata disagrees with the
   embedder is rebuilt in full (vectors of two models never mix). Different key or model → different table name.
-- indexes: BTree on ``answer_id`` (merge join, lookups), native full-text on ``key_text``, and an ANN vector index
+- rows are keyed by ``uid`` = ``site/answer_id`` (answer ids are unique only within one site).
+- indexes: BTree on ``uid`` (merge join, lookups), native full-text on ``key_text``, and an ANN vector index
   only once the table holds ``ann_min_rows`` rows (below that brute force is exact and fast enough).
 - ``uri`` is a local folder or an object-store URI (``s3://bucket/path`` + ``storage_options``); same code path.
 - failure modes: a write that lost a race with another writer raises ``CommitConflict`` (the one error a retry can
@@ -32,10 +33,10 @@ import polars as pl
 import pyarrow as pa
 
 from .embedder import KEYS, build_key_text, index_id_for, model_slug, resolve_model
-from .search import CANDIDATES, HIT_COLUMNS, Hit, check_mode, fuse, hits_from_arrow
+from .search import CANDIDATES, HIT_COLUMNS, ID_SCHEME, KEY, Hit, check_mode, fuse, hits_from_arrow, uid_expr
 
 PAIR_COLUMNS = [
-    "question_id", "answer_id", "instruction", "context", "response", "category", "is_accepted",
+    "site", "question_id", "answer_id", "instruction", "context", "response", "category", "is_accepted",
     "question_score", "answer_score", "tags", "source_url", "content_hash",
 ]
 ANN_MIN_ROWS = 50_000
@@ -104,7 +105,8 @@ def _sha(text: str) -> str:
 
 
 def _id_list(ids) -> str:
-    return ", ".join(str(int(i)) for i in ids)
+    """SQL literals of ``uid`` values (quotes doubled)."""
+    return ", ".join("'" + str(i).replace("'", "''") + "'" for i in ids)
 
 
 class QAStore:
@@ -133,10 +135,11 @@ class QAStore:
     @property
     def expected_metadata(self) -> dict[str, str]:
         return {"embedding_model": self.embedder.model_name, "embedding_dim": str(self.embedder.dimension),
-                "index_id": self.embedder.index_id, "key": self.key}
+                "index_id": self.embedder.index_id, "key": self.key, "ids": ID_SCHEME}
 
     def schema(self) -> pa.Schema:
         fields = [
+            pa.field("uid", pa.string(), nullable=False), pa.field("site", pa.string()),
             pa.field("question_id", pa.int64()), pa.field("answer_id", pa.int64(), nullable=False),
             pa.field("instruction", pa.string()), pa.field("context", pa.string()), pa.field("response", pa.string()),
             pa.field("category", pa.string()), pa.field("is_accepted", pa.bool_()),
@@ -170,10 +173,11 @@ class QAStore:
         missing = [c for c in PAIR_COLUMNS if c not in pairs.columns]
         if missing:
             raise ValueError(f"qa_pairs lacks columns {missing}")
-        dup = pairs.filter(pl.col("answer_id").is_duplicated())["answer_id"].unique().head(5).to_list()
+        df = pairs.select(PAIR_COLUMNS).with_columns(uid_expr())
+        dup = df.filter(pl.col(KEY).is_duplicated())[KEY].unique().head(5).to_list()
         if dup:
-            raise ValueError(f"qa_pairs has duplicate answer_id values, e.g. {dup}")
-        df = pairs.select(PAIR_COLUMNS).with_columns(build_key_text(pairs, self.key))
+            raise ValueError(f"qa_pairs has duplicate (site, answer_id) values, e.g. {dup}")
+        df = df.with_columns(build_key_text(pairs, self.key))
         return df.with_columns(pl.col("key_text").map_elements(_sha, return_dtype=pl.String).alias("key_hash"))
 
     def _arrow(self, df: pl.DataFrame, vectors: np.ndarray) -> pa.Table:
@@ -184,16 +188,16 @@ class QAStore:
         return pa.Table.from_arrays(cols, names=schema.names).cast(schema)
 
     def _existing(self, tbl) -> pl.DataFrame:
-        cols = ["answer_id", "content_hash", "key_hash"]
+        cols = [KEY, "content_hash", "key_hash"]
         return pl.from_arrow(tbl.search().select(cols).limit(None).to_arrow()).select(cols)
 
-    def _vectors_of(self, tbl, ids: list[int]) -> dict[int, np.ndarray]:
-        out: dict[int, np.ndarray] = {}
+    def _vectors_of(self, tbl, ids: list[str]) -> dict[str, np.ndarray]:
+        out: dict[str, np.ndarray] = {}
         for i in range(0, len(ids), 10_000):
             chunk = ids[i:i + 10_000]
-            got = tbl.search().where(f"answer_id IN ({_id_list(chunk)})").select(["answer_id", "vector"]) \
+            got = tbl.search().where(f"{KEY} IN ({_id_list(chunk)})").select([KEY, "vector"]) \
                 .limit(len(chunk)).to_arrow()
-            out.update(zip(got["answer_id"].to_pylist(), got["vector"].to_numpy(zero_copy_only=False)))
+            out.update(zip(got[KEY].to_pylist(), got["vector"].to_numpy(zero_copy_only=False)))
         return out
 
     def _local_folder(self) -> Path | None:
@@ -223,7 +227,7 @@ class QAStore:
         return stale
 
     def upsert(self, pairs: pl.DataFrame, *, progress: Callable[[int, int], None] | None = None) -> UpsertStats:
-        """Bring the table in line with ``pairs`` (one row per ``answer_id``); embeds only what changed.
+        """Bring the table in line with ``pairs`` (one row per ``(site, answer_id)``); embeds only what changed.
 
         Raises ``CommitConflict`` when another writer committed first (retry), ``OSError`` when the folder
         cannot be written (before embedding anything)."""
@@ -237,6 +241,8 @@ class QAStore:
         df = self._prepare(pairs)
         tbl = self.open()
         rebuilt = tbl is not None and self.metadata() != self.expected_metadata
+        if rebuilt and self.metadata().get("ids") != ID_SCHEME:
+            log.warning("index table %s predates per-site ids (site/answer_id): rebuilding it in full", self.name)
         if tbl is None or rebuilt:
             vectors = self.embedder.embed(df["key_text"].to_list(), progress=progress)
             mode = "overwrite" if rebuilt else "create"
@@ -245,12 +251,12 @@ class QAStore:
             return self._stats(start, df.height, 0, df.height, 0, 0, tbl, rebuilt)
 
         old = self._existing(tbl)
-        joined = df.join(old.rename({"content_hash": "old_hash", "key_hash": "old_key"}), on="answer_id", how="left")
+        joined = df.join(old.rename({"content_hash": "old_hash", "key_hash": "old_key"}), on=KEY, how="left")
         new = joined.filter(pl.col("old_hash").is_null())
         # content_hash is the contract's change signal; key_hash also catches a row whose hash was not refreshed.
         changed = joined.filter(pl.col("old_hash").is_not_null() & (
             (pl.col("old_hash") != pl.col("content_hash")) | (pl.col("old_key") != pl.col("key_hash"))))
-        gone = old.join(df, on="answer_id", how="anti")["answer_id"].to_list()
+        gone = old.join(df, on=KEY, how="anti")[KEY].to_list()
         unchanged = df.height - new.height - changed.height
         if new.height == 0 and changed.height == 0 and not gone:
             self.ensure_indexes()  # repairs an index a killed run did not finish
@@ -259,14 +265,14 @@ class QAStore:
         source = pl.concat([new, changed]).drop("old_hash", "old_key")
         # A changed row whose embedded text is the same (e.g. only the question text moved, key=answer) keeps its
         # stored vector: only rows with new key text are embedded.
-        reuse_ids = changed.filter(pl.col("old_key") == pl.col("key_hash"))["answer_id"].to_list()
+        reuse_ids = changed.filter(pl.col("old_key") == pl.col("key_hash"))[KEY].to_list()
         reuse = self._vectors_of(tbl, reuse_ids) if reuse_ids else {}
-        to_embed = [i for i, a in enumerate(source["answer_id"].to_list()) if a not in reuse]
+        to_embed = [i for i, a in enumerate(source[KEY].to_list()) if a not in reuse]
         vectors = np.empty((source.height, self.embedder.dimension), dtype=np.float32)
         if to_embed:
             texts = source["key_text"].to_list()
             vectors[to_embed] = self.embedder.embed([texts[i] for i in to_embed], progress=progress)
-        for i, a in enumerate(source["answer_id"].to_list()):
+        for i, a in enumerate(source[KEY].to_list()):
             if a in reuse:
                 vectors[i] = reuse[a]
 
@@ -274,8 +280,8 @@ class QAStore:
         self.ensure_indexes()
         return self._stats(start, len(to_embed), *counts, unchanged, tbl, False)
 
-    def _merge(self, tbl, source: pa.Table, gone: list[int]) -> tuple[int, int, int]:
-        """``merge_insert`` keyed on answer_id: update matches, insert the rest, delete the ``gone`` ids.
+    def _merge(self, tbl, source: pa.Table, gone: list[str]) -> tuple[int, int, int]:
+        """``merge_insert`` keyed on uid: update matches, insert the rest, delete the ``gone`` ids.
 
         LanceDB holds the whole source in a hash join (a 300 MB pool by default, no spilling), so a source past
         ``MERGE_BYTES`` goes in several commits, deletions in the last. Each commit is a consistent table; a run
@@ -285,10 +291,10 @@ class QAStore:
         step = -(-source.num_rows // chunks)
         updated = inserted = deleted = 0
         for i in range(chunks):
-            merge = tbl.merge_insert("answer_id").when_matched_update_all().when_not_matched_insert_all()
+            merge = tbl.merge_insert(KEY).when_matched_update_all().when_not_matched_insert_all()
             if gone and i == chunks - 1:
                 # Only ids we saw disappear: unchanged rows are not in the source and must stay.
-                merge = merge.when_not_matched_by_source_delete(f"answer_id IN ({_id_list(gone)})")
+                merge = merge.when_not_matched_by_source_delete(f"{KEY} IN ({_id_list(gone)})")
             result = merge.execute(source.slice(i * step, step))
             updated += result.num_updated_rows
             inserted += result.num_inserted_rows
@@ -316,9 +322,9 @@ class QAStore:
             return []
         have = set() if replace else {tuple(ix.columns) for ix in tbl.list_indices()}
         created = []
-        if ("answer_id",) not in have:
-            tbl.create_index("answer_id", config=BTree(), replace=True)
-            created.append("answer_id")
+        if (KEY,) not in have:
+            tbl.create_index(KEY, config=BTree(), replace=True)
+            created.append(KEY)
         if ("key_text",) not in have:
             # LanceDB's native inverted index (the tantivy one is gone in 0.40): BM25, stemming, stop words.
             tbl.create_index("key_text", config=FTS(with_position=False), replace=True)
@@ -383,12 +389,12 @@ class QAStore:
         if mode != "hybrid":
             return hits_from_arrow(leg(mode, HIT_COLUMNS), mode, k)
         # The legs fetch ids and scores only; the texts are read for the k winners (≈ 20 % faster at 100k rows).
-        fused = fuse(leg("vector", ["answer_id"]), leg("fts", ["answer_id"])).slice(0, k)
-        order = fused["answer_id"].to_pylist()
+        fused = fuse(leg("vector", [KEY]), leg("fts", [KEY])).slice(0, k)
+        order = fused[KEY].to_pylist()
         if not order:
             return []
-        rows = tbl.search().where(f"answer_id IN ({_id_list(order)})").select(HIT_COLUMNS).limit(len(order)).to_arrow()
-        at = {a: i for i, a in enumerate(rows["answer_id"].to_pylist())}
+        rows = tbl.search().where(f"{KEY} IN ({_id_list(order)})").select(HIT_COLUMNS).limit(len(order)).to_arrow()
+        at = {a: i for i, a in enumerate(rows[KEY].to_pylist())}
         rows = rows.take(pa.array([at[a] for a in order])).append_column("_relevance_score", fused["_relevance_score"])
         return hits_from_arrow(rows, mode, k)
 

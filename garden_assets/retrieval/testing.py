@@ -35,6 +35,7 @@ def content_hash(*parts: str) -> str:
 def sample_pairs(rows=QA) -> pl.DataFrame:
     return pl.DataFrame(
         {
+            "site": ["gardening.stackexchange.com"] * len(rows),
             "question_id": [r[0] for r in rows],
             "answer_id": [r[1] for r in rows],
             "instruction": [r[2] for r in rows],

@@ -7,7 +7,7 @@ import hashlib
 import polars as pl
 
 QA_COLUMNS = [
-    "question_id", "answer_id", "instruction", "context", "response", "category", "is_accepted",
+    "site", "question_id", "answer_id", "instruction", "context", "response", "category", "is_accepted",
     "question_score", "answer_score", "tags", "source_url", "content_hash",
 ]
 
@@ -17,16 +17,33 @@ def content_hash(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def newest_posts(clean: pl.DataFrame) -> tuple[pl.DataFrame, int]:
-    """Keep one row per post id: the newest ``last_activity_date`` wins (later drop breaks ties)."""
-    newest = clean.sort(["id", "last_activity_date", "drop"], nulls_last=False).unique("id", keep="last")
+LINK = "https://{}/a/{}"  # an answer's public page from (site, answer id)
+POST_KEY = ["site", "id"]  # a post's identity: ids are only unique within one site
+
+
+def with_site(posts: pl.DataFrame | pl.LazyFrame, site: str | None):
+    """``posts`` with a ``site`` column: kept when present, else ``site`` (required then)."""
+    names = posts.collect_schema().names() if isinstance(posts, pl.LazyFrame) else posts.columns
+    if "site" in names:
+        return posts
+    if not site:
+        raise ValueError("posts have no site column: say which site they come from")
+    return posts.with_columns(pl.lit(site, pl.String).alias("site"))
+
+
+def newest_posts(clean: pl.DataFrame, site: str | None = None) -> tuple[pl.DataFrame, int]:
+    """Keep one row per post ``(site, id)``: the newest ``last_activity_date`` wins (later drop breaks ties)."""
+    clean = with_site(clean, site)
+    newest = clean.sort([*POST_KEY, "last_activity_date", "drop"], nulls_last=False).unique(POST_KEY, keep="last")
     return newest, clean.height - newest.height
 
 
-def build_pairs(clean: pl.DataFrame, site_url: str = "https://gardening.stackexchange.com") -> tuple[pl.DataFrame, dict]:
-    """``clean_posts`` rows of any number of drops → one row per answer whose question is present."""
-    posts, superseded = newest_posts(clean)
+def build_pairs(clean: pl.DataFrame, site: str | None = None) -> tuple[pl.DataFrame, dict]:
+    """``clean_posts`` rows of any number of drops and sites → one row per answer whose question (same site) is
+    present. ``site``: for rows without a ``site`` column. Links point at each row's own site."""
+    posts, superseded = newest_posts(clean, site)
     questions = posts.filter(pl.col("post_type") == 1).select(
+        "site",
         pl.col("id").alias("question_id"),
         pl.col("title").fill_null("").str.strip_chars().alias("instruction"),
         pl.col("text").alias("context"),
@@ -35,25 +52,26 @@ def build_pairs(clean: pl.DataFrame, site_url: str = "https://gardening.stackexc
         "tags",
     )
     answers = posts.filter(pl.col("post_type") == 2).select(
+        "site",
         pl.col("parent_id").alias("question_id"),
         pl.col("id").alias("answer_id"),
         pl.col("text").alias("response"),
         pl.col("score").alias("answer_score"),
     )
-    pairs = answers.join(questions, on="question_id", how="inner")
+    pairs = answers.join(questions, on=["site", "question_id"], how="inner")
     pairs = pairs.with_columns(
         pl.lit("closed_qa").alias("category"),
         (pl.col("accepted_answer_id") == pl.col("answer_id")).fill_null(False).alias("is_accepted"),
-        pl.format("{}/a/{}", pl.lit(site_url.rstrip("/")), pl.col("answer_id")).alias("source_url"),
+        pl.format(LINK, pl.col("site"), pl.col("answer_id")).alias("source_url"),
         pl.concat_str(["instruction", "context", "response"], separator="\x1f")
         .map_elements(content_hash, return_dtype=pl.String)
         .alias("content_hash"),
-    ).select(QA_COLUMNS).sort("answer_id")
+    ).select(QA_COLUMNS).sort(["site", "answer_id"])
     stats = {
         "posts_superseded": superseded,
         "answers": answers.height,
         "orphan_answers": answers.height - pairs.height,
-        "questions_without_answers": questions.join(answers, on="question_id", how="anti").height,
+        "questions_without_answers": questions.join(answers, on=["site", "question_id"], how="anti").height,
         "pairs": pairs.height,
     }
     return pairs, stats
