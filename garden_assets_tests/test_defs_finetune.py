@@ -57,6 +57,17 @@ def test_finetune_path_trains_through_pipes_and_does_not_retrain(env):
     assert (home / "finetune/tuned/training_log.jsonl").read_text() == log_before
     assert (home / "finetune/tuned/metrics.json").stat().st_mtime == mtime
 
+    # tuned_model_gguf: llama.cpp's converter refuses the tiny model's made-up tokenizer (or is not installed):
+    # a warning and a `none:` note, not a failed run — generation falls back to transformers.
+    gguf = dg.materialize([*ASSETS, finetune.tuned_model_gguf], selection=[finetune.tuned_model_gguf],
+                          instance=instance, resources=resources)
+    assert gguf.success
+    note = gguf.asset_materializations_for_node("tuned_model_gguf")[0].metadata["gguf"].value
+    assert note.startswith("none: ") and ("conversion failed" in note or "not installed" in note)
+    [check] = gguf.get_asset_check_evaluations()
+    assert check.check_name == "gguf_exported" and not check.passed
+    assert not (home / "finetune/tuned/model/gguf").exists()
+
 
 def test_every_row_too_long_is_a_clear_failure_and_keeps_old_dataset(env):
     instance, resources, home = env
