@@ -33,8 +33,8 @@ from garden_assets.llm import backends, llamacpp  # noqa: E402
 from garden_assets.llm.evaluation import load_test_questions, score  # noqa: E402
 from garden_assets.llm.generate import GenerationSettings, Generation, Generator  # noqa: E402
 from garden_assets.llm.metrics import rouge_l  # noqa: E402
-from garden_assets.llm.models import load_causal_lm, tuned_model_path  # noqa: E402
-from garden_assets.llm.prompts import extract_response  # noqa: E402
+from garden_assets.llm.models import DEFAULT_BASE_MODEL, base_model_path, load_causal_lm, tuned_model_path  # noqa: E402
+from garden_assets.llm.prompts import dolly_prompt, extract_response  # noqa: E402
 from garden_assets.llm.rag import DEFAULT_RETRIEVAL, Assistant, Question  # noqa: E402
 from garden_assets.retrieval.store import open_store  # noqa: E402
 from garden_assets.settings import garden_home, lance_storage_options, lance_uri  # noqa: E402
@@ -131,6 +131,27 @@ def process_wall(backend: str, question: str, n: int = 2) -> float:
     return round(statistics.median(walls), 2)
 
 
+def short_prompt_rates(path: Path, n: int = 64) -> list[dict]:
+    """The issue's own measurement, on the packaged base model (it does not stop early): one short prompt, batch 1,
+    ``n`` new tokens, greedy — decode speed without the cost of reading a long RAG prompt."""
+    prompt = dolly_prompt("What soil do blueberries like?")
+    fp32_model, tok = load_causal_lm(path)
+    rows = []
+    for name, gen in [("transformers-fp32-plain", PlainGenerate(fp32_model, tok, max_context_tokens=WINDOW)),
+                      *([("llama.cpp", backends.load_generator(path, backend="llama.cpp", batch_size=1,
+                                                                max_context_tokens=WINDOW))]
+                        if llamacpp.installed() else [])]:
+        gen.generate([prompt], GenerationSettings(max_new_tokens=2))
+        began = time.perf_counter()
+        [[g]] = gen.generate([prompt], GenerationSettings(max_new_tokens=n))
+        rows.append({"backend": name, "prompt": "short, batch 1", "new_tokens": g.new_tokens,
+                     "tokens_per_s": round(g.new_tokens / (time.perf_counter() - began), 1)})
+        del gen
+    for r in rows:
+        r["ratio_vs_fp32"] = round(r["tokens_per_s"] / rows[0]["tokens_per_s"], 2)
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=None, help="a checkpoint (default: make run's tuned model)")
@@ -202,10 +223,14 @@ def main() -> int:
     for r in results:
         r["ratio_vs_fp32"] = round(r["tokens_per_s"] / base_rate, 2)
     tmp.cleanup()
+    del fp32_model
+    short = short_prompt_rates(base_model_path(DEFAULT_BASE_MODEL, home / "models"))
     context = {"model": str(path), "batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens,
                "threads": os.cpu_count(), "anchor": anchor, "load_avg_1m": round(os.getloadavg()[0], 2)}
     if args.json:
         for r in results:
+            print(json.dumps({**r, **context}))
+        for r in short:
             print(json.dumps({**r, **context}))
         return 0
     print(" ".join(f"{k}={v}" for k, v in context.items()))
@@ -214,6 +239,9 @@ def main() -> int:
     print(" | ".join(cols))
     for r in results:
         print(" | ".join(str(r.get(c)) for c in cols))
+    for r in short:
+        print(f"{r['backend']} ({r['prompt']}, {r['new_tokens']} new tokens): {r['tokens_per_s']} tokens/s, "
+              f"{r['ratio_vs_fp32']}×")
     return 0
 
 

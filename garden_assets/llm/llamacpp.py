@@ -24,6 +24,7 @@ from .prompts import END_KEY, extract_response
 from .sampling import SequenceState
 
 PROMPT_CHUNK = 512  # prompt tokens per llama_decode call (llama.cpp's default n_batch)
+UNCAPPED_WINDOW = 4096  # the KV cache is allocated up front, per sequence: the window when no cap is given
 
 
 def installed() -> bool:
@@ -94,8 +95,8 @@ class LlamaCppGenerator(TokenBudget):
         self._vocab = lib.llama_model_get_vocab(self._model)
         self.tokenizer = LlamaTokenizer(lib, self._vocab)
         self.n_vocab = lib.llama_vocab_n_tokens(self._vocab)
-        window = lib.llama_model_n_ctx_train(self._model) or 2048
-        self.context_window = min(window, max_context_tokens) if max_context_tokens else window
+        window = lib.llama_model_n_ctx_train(self._model) or UNCAPPED_WINDOW
+        self.context_window = min(window, max_context_tokens or UNCAPPED_WINDOW)
         threads = threads or len(os.sched_getaffinity(0))
         cparams = lib.llama_context_default_params()
         cparams.n_ctx = self.batch_size * self.context_window  # each sequence of a batch: its own window of cells
