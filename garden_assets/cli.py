@@ -132,14 +132,18 @@ def _site(name: str | None) -> str | None:
 
 
 def _ask(args: argparse.Namespace) -> int:
-    from .compute import ComputeSpec, load_profile
-    from .llm.backends import describe, load_generator
+    from .compute import LLAMA_CPP, ComputeSpec, load_profile
+    from .llm.backends import describe, load_generator, query_embedder, resolve_backend
     from .llm.generate import GenerationSettings
     from .llm.models import DEFAULT_BASE_MODEL, base_model_path, require_checkpoint, tuned_model_path
     from .llm.rag import Assistant, Question, check_question, pasted_answer
-    from .retrieval.store import open_store
+    from .retrieval.store import QAStore, open_store
     from .settings import garden_home, lance_storage_options, lance_uri
 
+    def note(line: str) -> None:
+        print(f"garden: {line}", file=sys.stderr)
+
+    profile = load_profile(asset="generation", defaults=ComputeSpec(device="auto"))
     try:
         question = check_question(args.question)
         settings = GenerationSettings.from_dict(
@@ -153,9 +157,13 @@ def _ask(args: argparse.Namespace) -> int:
             path = require_checkpoint(base_model_path(spec, garden_home() / "models"), "base_model")
         if args.no_model and args.no_rag:
             raise ValueError("--no-model pastes the top retrieved answer: it cannot go with --no-rag")
+        backend = None if args.no_model else resolve_backend(
+            args.backend or profile.backend, profile.resolve_device(), path, log=note)
         store = None
-        if not args.no_rag:
-            store = open_store(lance_uri(), key=args.key, storage_options=lance_storage_options())
+        if not args.no_rag:  # with llama.cpp generating, llama.cpp embeds the question too (no torch import)
+            embedder = query_embedder(args.key, garden_home() / "models", log=note) if backend == LLAMA_CPP else None
+            store = (QAStore(lance_uri(), embedder, key=args.key, storage_options=lance_storage_options()) if embedder
+                     else open_store(lance_uri(), key=args.key, storage_options=lance_storage_options()))
             if store.open() is None:
                 raise FileNotFoundError(f"no index at {lance_uri()} for key {args.key!r}: materialize the "
                                         "qa_index asset first (make run)")
@@ -167,11 +175,9 @@ def _ask(args: argparse.Namespace) -> int:
             answer = pasted_answer(store, Question(question, args.context or ""), k=args.k, mode=args.mode,
                                    site=_site(args.site))
         else:
-            spec = load_profile(asset="generation", defaults=ComputeSpec(device="auto"))
-            generator = load_generator(path, backend=args.backend or spec.backend, device=spec.resolve_device(),
-                                       precision=spec.resolve_inference_precision(),
-                                       max_context_tokens=args.max_context_tokens,
-                                       log=lambda line: print(f"garden: {line}", file=sys.stderr))
+            generator = load_generator(path, backend=backend, device=profile.resolve_device(),
+                                       precision=profile.resolve_inference_precision(),
+                                       max_context_tokens=args.max_context_tokens, log=note)
             label += f" via {describe(generator)}"
             [answer] = Assistant(generator, store, k=args.k, mode=args.mode, site=_site(args.site)).ask(
                 [Question(question, args.context or "")], settings, rag=not args.no_rag)

@@ -249,3 +249,40 @@ def test_gguf_export_without_the_converter_is_a_clear_error(tmp_path, monkeypatc
     with pytest.raises(FileNotFoundError, match="convert_hf_to_gguf.py is not in .*make setup"):
         export_gguf(ckpt)
     assert not (ckpt / "gguf").exists() and [p.name for p in ckpt.iterdir()] == ["config.json"]
+
+
+@pytest.mark.slow
+@needs_llama
+def test_llamacpp_query_embedder_stands_in_for_the_index_embedder(tmp_path):
+    """garden ask's llama.cpp path embeds the question with MiniLM converted to GGUF: the vectors are
+    sentence-transformers' (fp32) and a search finds the same answers in the same table."""
+    from garden_assets.llm.gguf_export import has_converter
+    from garden_assets.retrieval.embedder import Embedder
+    from garden_assets.retrieval.store import QAStore, open_store
+    from garden_assets.retrieval.testing import sample_pairs
+
+    if not has_converter():
+        pytest.skip("llama.cpp's converters are not fetched (make setup)")
+    lines = []
+    fast = backends.query_embedder("question+answer", tmp_path / "models", log=lines.append)
+    assert fast is not None and not lines
+    reference = Embedder(None, precision="fp32")
+    assert (fast.model_name, fast.dimension) == (reference.model_name, reference.dimension)
+    for q in ("What soil do blueberries like?", "Can I put citrus peels in my compost? Çà 🌱", "x " * 400):
+        assert float(fast.embed_query(q) @ reference.embed_query(q)) > 0.9999
+
+    built = open_store(tmp_path / "lancedb", precision="fp32")
+    built.upsert(sample_pairs())
+    quick = QAStore(tmp_path / "lancedb", fast, key="question+answer")
+    assert quick.name == built.name
+    for q in ("How acidic should blueberry soil be?", "Can I put citrus peels in my compost?"):
+        assert [h.answer_id for h in quick.search(q, k=5)] == [h.answer_id for h in built.search(q, k=5)]
+
+
+def test_query_embedder_falls_back_when_the_converter_is_absent(tmp_path, monkeypatch):
+    from garden_assets.llm.gguf_export import SCRIPTS_ENV
+
+    monkeypatch.setenv(SCRIPTS_ENV, str(tmp_path / "nowhere"))
+    lines = []
+    assert backends.query_embedder("answer", tmp_path, log=lines.append) is None
+    assert "embedding the question with sentence-transformers" in lines[0]

@@ -129,6 +129,7 @@ def evaluation_answers(context: dg.AssetExecutionContext, config: EvalConfig, pa
     plan = _plan(config)
     device = GENERATION.resolve_device()
     try:
+        questions = load_test_questions(dataset_dir(paths) / "test.jsonl")
         where = {"base": base_model_path(model.spec, paths.home_path / "models"),
                  "tuned": tuned_model_path(paths.home_path / "finetune" / "tuned")}
         models = {m: require_checkpoint(where[m], f"{m}_model") for m in plan.models()}
@@ -136,7 +137,7 @@ def evaluation_answers(context: dg.AssetExecutionContext, config: EvalConfig, pa
         backends = {m: resolve_backend(requested, device, models[m], log=context.log.info) for m in models}
         slow = device == "cpu" and TRANSFORMERS in backends.values()
         limit = config.questions if config.questions is not None else (CPU_QUESTIONS if slow else None)
-        questions = load_test_questions(dataset_dir(paths) / "test.jsonl", limit=limit)
+        questions = questions[:limit] if limit else questions
     except (FileNotFoundError, ValueError) as e:
         raise dg.Failure(description=str(e)) from None
     precision = GENERATION.resolve_inference_precision()

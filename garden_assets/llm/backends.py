@@ -58,6 +58,26 @@ def load_generator(checkpoint: str | os.PathLike[str], *, backend: str = "auto",
                                       max_context_tokens=max_context_tokens)
 
 
+def query_embedder(key: str, cache_dir: str | os.PathLike[str], *, model=None, log: Callable[[str], None] = print):
+    """For the llama.cpp path (`garden ask`): the index's embedding model as a GGUF (converted once, f32, into
+    ``cache_dir/embedders/``) behind `llamacpp.LlamaCppEmbedder` — or None, with one log line, when that cannot
+    be (the caller then embeds with sentence-transformers, as the index was built)."""
+    from pathlib import Path
+
+    from ..retrieval.embedder import index_id_for, model_slug, resolve_model
+    from ..retrieval.store import LONG_TEXT_BY_KEY
+    from .gguf_export import export_gguf
+
+    model_name, load_from = resolve_model(model)
+    try:
+        info = export_gguf(load_from, outtype="f32", out_dir=Path(cache_dir) / "embedders" / model_slug(model_name))
+        return llamacpp.LlamaCppEmbedder(info.path, model_name=model_name,
+                                         index_id=index_id_for(model_name, LONG_TEXT_BY_KEY[key]))
+    except (RuntimeError, FileNotFoundError, ValueError, OSError) as e:
+        log(f"embedding the question with sentence-transformers: {str(e).splitlines()[0]}")
+        return None
+
+
 def describe(generator) -> str:
     """``transformers bf16`` / ``llama.cpp q8_0``: the backend and the weights' number format, for metadata/logs."""
     if generator.backend == LLAMA_CPP:

@@ -73,21 +73,24 @@ def scripts_dir() -> Path:
 
 
 def export_gguf(checkpoint: str | os.PathLike[str], *, adapter: str | os.PathLike[str] | None = None,
-                base: str | os.PathLike[str] | None = None, outtype: str = DEFAULT_OUTTYPE) -> GgufInfo:
+                base: str | os.PathLike[str] | None = None, outtype: str = DEFAULT_OUTTYPE,
+                out_dir: str | os.PathLike[str] | None = None) -> GgufInfo:
     """``checkpoint``'s GGUF (made once; reused while the checkpoint and the format are unchanged). ``adapter``
-    and ``base``: the PEFT adapter and base checkpoint ``checkpoint`` was merged from (the LoRA route above)."""
+    and ``base``: the PEFT adapter and base checkpoint ``checkpoint`` was merged from (the LoRA route above).
+    ``out_dir``: instead of ``<checkpoint>/gguf`` (for a checkpoint that is not ours to write into)."""
     checkpoint = Path(checkpoint)
     if not (checkpoint / "config.json").is_file():
         raise FileNotFoundError(f"no checkpoint at {checkpoint} (no config.json)")
     packaged = _source(checkpoint) == PACKAGED_GEMMA
     lora = not packaged and adapter is not None and base is not None and _source(Path(base)) == PACKAGED_GEMMA
     fmt = PACKAGED_FORMAT if packaged else f"{PACKAGED_FORMAT} + LoRA f32" if lora else outtype
-    out_dir = checkpoint / GGUF_DIR
-    done = read_info(gguf_path(checkpoint))
-    if gguf_path(checkpoint).is_file() and done.get("format") == fmt:
-        return GgufInfo(**{**done, "path": str(gguf_path(checkpoint)), "seconds": 0.0, "reused": True})
+    out_dir = Path(out_dir) if out_dir else checkpoint / GGUF_DIR
+    done = read_info(out_dir / GGUF_FILE)
+    if (out_dir / GGUF_FILE).is_file() and done.get("format") == fmt:
+        return GgufInfo(**{**done, "path": str(out_dir / GGUF_FILE), "seconds": 0.0, "reused": True})
     began = time.perf_counter()
-    tmp = Path(tempfile.mkdtemp(prefix=f".{GGUF_DIR}.tmp-", dir=checkpoint))
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
         target = tmp / GGUF_FILE
         if packaged:
@@ -103,7 +106,7 @@ def export_gguf(checkpoint: str | os.PathLike[str], *, adapter: str | os.PathLik
         if not target.is_file():
             raise RuntimeError(f"no GGUF written for {checkpoint}")
         size = sum(f.stat().st_size for f in tmp.glob("*.gguf"))
-        info = GgufInfo(str(gguf_path(checkpoint)), fmt, round(size / 2**20, 1),
+        info = GgufInfo(str(out_dir / GGUF_FILE), fmt, round(size / 2**20, 1),
                         round(time.perf_counter() - began, 1), False)
         (tmp / INFO_FILE).write_text(json.dumps({k: v for k, v in asdict(info).items() if k != "reused"}))
         tmp.chmod(0o755)
