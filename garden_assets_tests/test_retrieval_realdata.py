@@ -8,6 +8,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from garden_assets.retrieval import LONG_TEXT_BY_KEY, Embedder, evaluate  # noqa: E402
+from garden_assets.drops import site_of  # noqa: E402
 from garden_assets.stackexchange.qa import build_pairs  # noqa: E402
 from garden_assets.stackexchange.reader import read_posts  # noqa: E402
 from garden_assets.stackexchange.text import clean_posts  # noqa: E402
@@ -23,7 +24,8 @@ def default_answer_embedder():
 @pytest.mark.realdata
 @pytest.mark.parametrize("site", sorted(README_ANSWER_KEY))
 def test_default_beats_bm25_and_dense(shared_data, site, default_answer_embedder):
-    pairs, _ = build_pairs(clean_posts(read_posts(shared_data / site / "Posts.xml"))[0])
+    pairs, _ = build_pairs(clean_posts(read_posts(shared_data / site / "Posts.xml"))[0],
+                           site=site_of(shared_data / site).name)
     assert pairs.height > 300
     result = evaluate(pairs, default_answer_embedder, key="answer", mode="hybrid")
     bm25, dense = README_ANSWER_KEY[site]
