@@ -114,7 +114,7 @@ def _plan(config: EvalConfig) -> EvalPlan:
 
 @dg.asset(
     group_name="evaluation",
-    kinds={"pytorch", "huggingface"},
+    kinds={"pytorch", "huggingface", "llamacpp"},
     deps=[base_model, finetune_dataset, tuned_model, tuned_model_gguf, qa_index],
     op_tags=GENERATION.op_tags(),
     pool=GENERATION.pool,
