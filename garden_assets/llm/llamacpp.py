@@ -41,6 +41,22 @@ def check_settings(settings: GenerationSettings) -> None:
                          "(use backend transformers)")
 
 
+def _load(gguf: Path):
+    """``(llama_cpp, model)``: a GGUF loaded on CPU, llama.cpp's own logging off (its errors raise here)."""
+    import llama_cpp as lib
+
+    logging.getLogger("llama-cpp-python").setLevel(logging.CRITICAL + 1)
+    if not gguf.is_file():
+        raise FileNotFoundError(f"no GGUF model at {gguf}")
+    lib.llama_backend_init()
+    params = lib.llama_model_default_params()
+    params.n_gpu_layers = 0
+    model = lib.llama_model_load_from_file(str(gguf).encode(), params)
+    if not model:
+        raise ValueError(f"llama.cpp could not load {gguf}")
+    return lib, model
+
+
 class LlamaTokenizer:
     """The two calls `rag` and the backends make of a tokenizer (``tok(text)["input_ids"]``, ``tok.decode``),
     answered by llama.cpp's own tokenizer; special tokens written in the text are parsed, as transformers does."""
@@ -78,20 +94,10 @@ class LlamaCppGenerator(TokenBudget):
 
     def __init__(self, gguf: str | os.PathLike[str], *, lora: str | os.PathLike[str] | None = None,
                  batch_size: int = 8, max_context_tokens: int | None = None, threads: int | None = None) -> None:
-        import llama_cpp as lib
-
-        logging.getLogger("llama-cpp-python").setLevel(logging.CRITICAL + 1)  # llama.cpp's load chatter; errors raise
-        self._lib = lib
         self.gguf = Path(gguf)
-        if not self.gguf.is_file():
-            raise FileNotFoundError(f"no GGUF model at {self.gguf}")
+        lib, self._model = _load(self.gguf)
+        self._lib = lib
         self.batch_size = max(1, int(batch_size))
-        lib.llama_backend_init()
-        params = lib.llama_model_default_params()
-        params.n_gpu_layers = 0
-        self._model = lib.llama_model_load_from_file(str(self.gguf).encode(), params)
-        if not self._model:
-            raise ValueError(f"llama.cpp could not load {self.gguf}")
         self._vocab = lib.llama_model_get_vocab(self._model)
         self.tokenizer = LlamaTokenizer(lib, self._vocab)
         self.n_vocab = lib.llama_vocab_n_tokens(self._vocab)
@@ -224,17 +230,10 @@ class LlamaCppEmbedder:
 
     def __init__(self, gguf: str | os.PathLike[str], *, model_name: str, index_id: str, max_tokens: int = 256,
                  threads: int | None = None) -> None:
-        import llama_cpp as lib
-
-        logging.getLogger("llama-cpp-python").setLevel(logging.CRITICAL + 1)
-        self._lib, self.gguf = lib, Path(gguf)
+        self.gguf = Path(gguf)
+        lib, self._model = _load(self.gguf)
+        self._lib = lib
         self.model_name, self.index_id, self.max_tokens = model_name, index_id, max_tokens
-        lib.llama_backend_init()
-        params = lib.llama_model_default_params()
-        params.n_gpu_layers = 0
-        self._model = lib.llama_model_load_from_file(str(self.gguf).encode(), params)
-        if not self._model:
-            raise ValueError(f"llama.cpp could not load {self.gguf}")
         self.tokenizer = LlamaTokenizer(lib, lib.llama_model_get_vocab(self._model))
         self.dimension = lib.llama_model_n_embd(self._model)
         cparams = lib.llama_context_default_params()

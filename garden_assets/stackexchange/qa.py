@@ -34,7 +34,8 @@ def with_site(posts: pl.DataFrame | pl.LazyFrame, site: str | None):
 def newest_posts(clean: pl.DataFrame, site: str | None = None) -> tuple[pl.DataFrame, int]:
     """Keep one row per post ``(site, id)``: the newest ``last_activity_date`` wins (later drop breaks ties)."""
     clean = with_site(clean, site)
-    newest = clean.sort([*POST_KEY, "last_activity_date", "drop"], nulls_last=False).unique(POST_KEY, keep="last")
+    newest = (clean.sort([*POST_KEY, "last_activity_date", "drop"], nulls_last=False)
+              .unique(POST_KEY, keep="last", maintain_order=True))  # ordered by (site, id): same input, same file
     return newest, clean.height - newest.height
 
 
