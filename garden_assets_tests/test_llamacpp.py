@@ -91,7 +91,7 @@ def test_auto_needs_the_checkpoints_gguf(monkeypatch, tmp_path):
     monkeypatch.setattr(llamacpp, "installed", lambda: True)
     lines = []
     assert backends.resolve_backend("auto", "cpu", tmp_path, log=lines.append) == "transformers"
-    assert "no GGUF at" in lines[0] and "_gguf asset" in lines[0]
+    assert "no GGUF at" in lines[0] and "tuned_model_gguf" in lines[0]
     (tmp_path / "gguf").mkdir()
     (tmp_path / "gguf" / "model.gguf").write_bytes(b"GGUF")
     assert backends.resolve_backend("auto", "cpu", tmp_path) == "llama.cpp"

@@ -34,9 +34,9 @@ def resolve_backend(requested: str, device: str, checkpoint: str | os.PathLike[s
     if device != "cpu":
         why = f"the {LLAMA_CPP} backend is built for CPU here; device is {device}"
     elif not llamacpp.installed():
-        why = f"llama-cpp-python is not installed (make setup installs it: pip install -e '.[llamacpp]')"
+        why = "llama-cpp-python is not installed (make setup installs it: pip install -e '.[llamacpp]')"
     elif checkpoint is not None and not gguf_path(checkpoint).is_file():
-        why = f"no GGUF at {gguf_path(checkpoint)} (materialize the model's *_gguf asset, make run does)"
+        why = f"no GGUF at {gguf_path(checkpoint)} (base_model / tuned_model_gguf write it; make run does)"
     if why is None:
         return LLAMA_CPP
     if requested == LLAMA_CPP:
