@@ -47,9 +47,6 @@ class GgufInfo:
     seconds: float  # conversion time (0 when reused)
     reused: bool
 
-    def to_metadata(self) -> dict:
-        return asdict(self)
-
 
 def gguf_path(checkpoint: str | os.PathLike[str]) -> Path:
     return Path(checkpoint) / GGUF_DIR / GGUF_FILE
