@@ -97,7 +97,7 @@ def run(home: Path, drops: Path, name: str, site: str, base: str | None, args) -
     from garden_assets.llm.evaluation import summarize
 
     assets = [posts.raw_posts, posts.clean_posts, posts.qa_pairs, index.qa_index, finetune.base_model,
-              finetune.finetune_dataset, finetune.tuned_model, evaluation.evaluation_answers]
+              finetune.finetune_dataset, finetune.tuned_model, finetune.tuned_model_gguf, evaluation.evaluation_answers]
     instance = dg.DagsterInstance.ephemeral()
     instance.add_dynamic_partitions(posts.drops_partitions.name, [name])
     resources = {
@@ -118,7 +118,7 @@ def run(home: Path, drops: Path, name: str, site: str, base: str | None, args) -
     stages: dict[str, float] = {}
     began = time.perf_counter()
     selections = [(assets[:2], name), (assets[2:4], None), (assets[4:5], None), (assets[5:6], None),
-                  (assets[6:7], None), (assets[7:8], None)]
+                  (assets[6:8], None), (assets[8:9], None)]  # training: the checkpoint and its GGUF, as make run
     for label, (selection, partition) in list(zip(STAGES, selections))[STAGES.index(args.start):]:
         t0 = time.perf_counter()
         ops = {k: v for k, v in config["ops"].items() if k in {a.key.path[-1] for a in selection}}

@@ -229,15 +229,34 @@ def test_raft_config_that_cannot_work_fails_before_anything_is_built(tok, raft_s
 
 
 def test_long_train_answers_keep_their_leading_sentences(tok):
-    from garden_assets.llm.dataset import fits
-    from garden_assets.llm.rag import cap_passage, leading_sentences
+    from garden_assets.llm.rag import cap_passage, lead_within
 
     answer = "Water deeply once a week. Mulch keeps the soil moist. " * 20
-    lead = leading_sentences(answer, lambda t: fits(t, tok, 60))
+    lead = lead_within(answer, tok, 60)
     assert lead and answer.startswith(lead) and lead.endswith(".")
-    assert len(tok(dolly_completion(lead), add_special_tokens=False)["input_ids"]) <= 60
-    assert leading_sentences("short answer.", lambda t: fits(t, tok, 60)) == "short answer."
-    assert leading_sentences("x" * 500, lambda t: fits(t, tok, 60)) is None  # no sentence fits: dropped (counted)
+    assert len(tok(lead, add_special_tokens=False)["input_ids"]) <= 60
+    assert lead_within("short answer.", tok, 60) == "short answer."
+    assert lead_within("x" * 500, tok, 60) is None  # no sentence fits: the train row is dropped (counted)
     # a passage in a RAG prompt is cut the same way; one with no sentence that fits gets a token prefix + " …"
-    assert cap_passage(answer, tok, 60) == leading_sentences(answer, lambda t: len(tok(t)["input_ids"]) <= 60)
+    assert cap_passage(answer, tok, 60) == lead
     assert cap_passage("x" * 500, tok, 60).endswith(" …") and cap_passage(answer, tok, None) == answer
+
+
+def test_an_oracle_rows_target_is_the_passage_it_shows(tok, raft_store):
+    """With long answers, an oracle train row's completion is the very (capped) passage in its prompt, so the model
+    learns to quote one passage and stop; test rows keep whole answers (the references)."""
+    from garden_assets.llm.rag import cap_passage
+
+    pairs, store = raft_store
+    long = pairs.with_columns((pl.col("response") + " " + pl.col("response").str.replace_all("Water", "Rain")
+                               + ". More on this later. " * 30).alias("response"))
+    ds = build_finetune_dataset(long, tok, DatasetOptions(answers="all", test_size=8, valid_size=4, rag_k=2,
+                                                          passage_tokens=48, answer_tokens=48, max_length=2048,
+                                                          rag_mode="vector"), store)
+    oracle = [r for r in ds.train if r["oracle"]]
+    assert oracle and ds.stats.answers_shortened >= len(oracle)
+    for r in oracle:
+        target = r["completion"].removesuffix(dolly_completion(""))
+        assert target.strip() and target != r["response"] and target in r["prompt"]
+        assert target == cap_passage(r["response"], tok, 48)
+    assert all(r["completion"] == dolly_completion(r["response"]) for r in ds.test)

@@ -47,7 +47,7 @@ def test_rag_prompt():
                               question_context="Zone 6, clay soil.")
     assert text.startswith(prompts.INTRO)
     assert (
-        "### Instruction:\nKnowing this context:\nPlant cloves 5 cm deep.\n\nPointy end up.\n\n"
+        "### Instruction:\nKnowing this context:\n[1] Plant cloves 5 cm deep.\n\n[2] Pointy end up.\n\n"
         "Answer the question: How deep to plant garlic?\n\nInput:\nZone 6, clay soil.\n\n### Response:\n"
     ) in text
     assert prompts.rag_instruction("Q?", []) == "Answer the question: Q?"

@@ -31,7 +31,7 @@ CHECKS = {"tuned_rag_vs_base_rag": "base+rag", "tuned_rag_vs_retrieved": "retrie
 class Generation(dg.Config):  # mirrors GenerationSettings (a test keeps them equal)
     """transformers generation settings (GenerationSettings); a sweep entry names only what it changes."""
 
-    max_new_tokens: int = 160
+    max_new_tokens: int = GenerationSettings().max_new_tokens
     do_sample: bool = False
     num_beams: int = 1
     temperature: float = 1.0

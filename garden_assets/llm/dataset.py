@@ -23,9 +23,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Literal, Sequence
 
-from garden_assets.llm.generate import GenerationSettings
 from garden_assets.llm.prompts import dolly_completion, dolly_prompt
-from garden_assets.llm.rag import DEFAULT_RETRIEVAL, Question, fit_rag_prompt, leading_sentences, retrieve
+from garden_assets.llm.rag import DEFAULT_RETRIEVAL, Question, fit_rag_prompt, lead_within, retrieve
 
 ROW_COLUMNS = ("instruction", "context", "response", "category", "prompt", "completion", "n_tokens")
 ID_COLUMNS = ("site", "question_id", "answer_id", "source_url")
@@ -49,9 +48,10 @@ class DatasetOptions:
     oracle_share: float = 0.8  # train rows whose own answer is among the passages (the RAFT paper's ≈ 80 %)
     rag_mode: str = DEFAULT_RETRIEVAL.mode
     passage_tokens: int | None = DEFAULT_RETRIEVAL.passage_tokens  # as answering cuts them (rag.cap_passage)
-    # train/valid answers longer than this keep their leading sentences that fit, so the model learns to finish
-    # within the generation budget it gets (test rows keep whole answers: they are the references). None: whole.
-    answer_tokens: int | None = GenerationSettings().max_new_tokens
+    # train/valid answers keep their leading sentences within this many tokens, cut as passages are cut
+    # (rag.lead_within), so an oracle row's target is exactly the passage it shows: the model learns to quote one
+    # passage and stop, not to run on past it (test rows keep whole answers: they are the references). None: whole.
+    answer_tokens: int | None = DEFAULT_RETRIEVAL.passage_tokens
 
     def __post_init__(self) -> None:
         if self.answers not in ("accepted", "all"):
@@ -187,7 +187,7 @@ def build_finetune_dataset(qa_pairs, tokenizer, options: DatasetOptions | None =
         fitted: dict[str, list] = {"train": [], "valid": []}
         for name, rows_of in (("train", train), ("valid", valid)):
             for r in rows_of:
-                lead = leading_sentences(r["response"], lambda t: fits(t, tokenizer, options.answer_tokens))
+                lead = lead_within(r["response"], tokenizer, options.answer_tokens)
                 if lead is None:
                     dropped_long_answer += 1
                     continue
@@ -241,11 +241,6 @@ def build_finetune_dataset(qa_pairs, tokenizer, options: DatasetOptions | None =
         ),
     )
     return FinetuneDataset(train=train, valid=valid, test=test, stats=stats)
-
-
-def fits(answer: str, tokenizer, max_tokens: int) -> bool:
-    """Does ``answer``'s completion (end marker included) take at most ``max_tokens`` tokens?"""
-    return len(tokenizer(dolly_completion(answer), add_special_tokens=False)["input_ids"]) <= max_tokens
 
 
 def add_prompts(rows: list[dict[str, Any]], tokenizer, options: DatasetOptions, store, held_out: set[int], *,

@@ -24,7 +24,7 @@ MAX_NEW_TOKENS_LIMIT = 4096
 class GenerationSettings:
     """The generation knobs of the talk's "Generation Tuning" table (transformers' names and meanings)."""
 
-    max_new_tokens: int = 160  # room for a whole capped passage (rag.py passage_tokens) and the end marker
+    max_new_tokens: int = 224  # room for a whole capped passage (rag.py passage_tokens) and the end marker
     do_sample: bool = False
     num_beams: int = 1
     temperature: float = 1.0

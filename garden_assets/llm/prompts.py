@@ -55,12 +55,20 @@ def extract_response(generated: str) -> str:
     return text.strip()
 
 
+def passage_marker(n: int) -> str:
+    """What opens the ``n``-th passage (1-based) in a RAG prompt: the number its source is cited by."""
+    return f"[{n}] "
+
+
 def rag_instruction(question: str, passages: Iterable[str]) -> str:
-    """The talk's RAG instruction: "Knowing this context: … Answer the question: …"."""
+    """The talk's RAG instruction: "Knowing this context: … Answer the question: …", each passage opened by its
+    number. The markers show where a passage ends (passages hold blank lines of their own), so a model trained to
+    quote one passage can learn to stop at its end rather than run on into the next one."""
     question = (question or "").strip()
     if not question:
         raise ValueError("a RAG prompt needs a non-empty question")
-    context = "\n\n".join(p.strip() for p in passages if p and p.strip())
+    kept = [p.strip() for p in passages if p and p.strip()]
+    context = "\n\n".join(passage_marker(i) + p for i, p in enumerate(kept, 1))
     if not context:
         return f"Answer the question: {question}"
     return f"Knowing this context:\n{context}\n\nAnswer the question: {question}"

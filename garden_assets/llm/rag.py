@@ -29,7 +29,7 @@ class RetrievalSetting:
     mode: str = DEFAULT_MODE
     # each passage keeps its leading sentences within this (None: whole); below max_new_tokens, so that a model that
     # quotes a passage whole still ends within its budget (docs/evaluation.md, recipe runs)
-    passage_tokens: int | None = 128
+    passage_tokens: int | None = 192
 
     def __post_init__(self) -> None:
         if not isinstance(self.k, int) or not 1 <= self.k <= 50:
@@ -62,15 +62,18 @@ def leading_sentences(text: str, fits) -> str | None:
     return best
 
 
+def lead_within(text: str, tokenizer, max_tokens: int) -> str | None:
+    """``text``'s leading sentences within ``max_tokens`` tokens (None when even the first is longer): the one cut
+    for passages and for the fine-tune's answers, so an oracle passage and its training target are the same text."""
+    return leading_sentences(text, lambda t: len(tokenizer(t, add_special_tokens=False)["input_ids"]) <= max_tokens)
+
+
 def cap_passage(text: str, tokenizer, max_tokens: int | None) -> str:
     """A passage cut to its leading sentences within ``max_tokens`` (a token prefix + " …" when even the first
     sentence is longer). Short passages keep a small model's copy short: it learns to quote, then stop."""
     if max_tokens is None or tokenizer is None:
         return text
-    def fits(t: str) -> bool:
-        return len(tokenizer(t, add_special_tokens=False)["input_ids"]) <= max_tokens
-
-    lead = leading_sentences(text, fits)
+    lead = lead_within(text, tokenizer, max_tokens)
     if lead is not None:
         return lead
     ids = tokenizer(text, add_special_tokens=False)["input_ids"][: max_tokens - 2]
