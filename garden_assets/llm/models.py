@@ -25,6 +25,12 @@ from typing import Any
 PACKAGED_PREFIX = "packaged:"
 PACKAGED_GEMMA = "packaged:gemma3-270m"
 DEFAULT_BASE_MODEL = PACKAGED_GEMMA
+
+
+def base_model_spec() -> str:
+    """The configured base model: ``GARDEN_BASE_MODEL`` (a Hub id, a local checkpoint, ``packaged:…``), else the
+    packaged Gemma. The one reader of that variable (base_model resource, garden ask, benchmarks)."""
+    return os.environ.get("GARDEN_BASE_MODEL", DEFAULT_BASE_MODEL)
 MARKER = "garden_model.json"  # written last inside a finished directory
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from garden_assets.files import publish_dir, update_sha256, write_json_atomic
 from garden_assets.llm.models import run_output_path
 from garden_assets.training import checkpoint as ckpt
 from garden_assets.training.config import TrainConfig
@@ -104,10 +105,7 @@ def _resolve_precision(precision: str, device: str, ds_config: dict | None) -> s
 
 def _fingerprint(cfg: TrainConfig, world_size: int) -> str:
     """Identity of a run: data + everything that shapes the batch plan and the optimisation."""
-    h = hashlib.sha256()
-    with open(cfg.train_file, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
+    h = update_sha256(hashlib.sha256(), cfg.train_file)
     keys = ("base_model", "method", "lora_r", "lora_alpha", "lora_dropout", "lora_targets", "epochs", "max_steps",
             "max_train_tokens", "max_train_seconds", "keep_best", "learning_rate", "weight_decay", "warmup_ratio", "lr_scheduler", "batch_size",
             "grad_accum", "max_length", "batching", "seed")
@@ -143,23 +141,6 @@ def _finished_run(out: Path, fingerprint: str) -> dict | None:
     if metrics.get("fingerprint") != fingerprint or not run_output_path(out, metrics.get("model_dir")).is_dir():
         return None
     return metrics
-
-
-def _publish_dir(tmp: Path, dest: Path) -> Path:
-    """Swap a finished directory into place (the old one is removed only after the new one is there)."""
-    old = dest.with_name(f".{dest.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if dest.exists():
-        os.rename(dest, old)
-    os.rename(tmp, dest)
-    shutil.rmtree(old, ignore_errors=True)
-    return dest
-
-
-def _write_json_atomic(data: dict, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
 
 
 def _to_device(batch: dict, device) -> dict:
@@ -470,7 +451,7 @@ def _run(cfg: TrainConfig, accelerator, reporter: Reporter, device: str, precisi
         "batching": cfg.batching, "loss": cfg.loss, "fingerprint": fingerprint, "extra": cfg.extra,
     }
     if main:
-        _write_json_atomic(metrics, out / METRICS_FILE)  # marks the run finished; checkpoints are no longer needed
+        write_json_atomic(out / METRICS_FILE, metrics)  # marks the run finished; checkpoints are no longer needed
         ckpt.clear(out)
         reporter.info(f"done: {steps_done} steps, {tokens_seen} tokens, {metrics['tokens_per_s']:.1f} tokens/s, "
                       f"eval loss {final_eval}")
@@ -497,7 +478,7 @@ def _save_outputs(cfg: TrainConfig, accelerator, model, unwrapped, tokenizer, us
             shutil.rmtree(tmp, ignore_errors=True)
             unwrapped.save_pretrained(tmp, state_dict=state_dict)
             tokenizer.save_pretrained(tmp)
-            _publish_dir(tmp, adapter_dir)
+            publish_dir(tmp, adapter_dir)
             if cfg.merge:
                 if use_ds:  # ZeRO-3 holds shards: merge into a freshly loaded, whole base instead
                     from peft import PeftModel
@@ -538,4 +519,4 @@ def _save_model(model, tokenizer, dest: Path, state_dict=None) -> None:
     model.config.use_cache = True
     model.save_pretrained(tmp, state_dict=state_dict)
     tokenizer.save_pretrained(tmp)
-    _publish_dir(tmp, dest)
+    publish_dir(tmp, dest)
