@@ -16,7 +16,7 @@ from garden_assets.llm.dataset import (
     write_dataset,
     write_jsonl_atomic,
 )
-from garden_assets.llm.models import build_small_tokenizer
+from .tiny_models import build_small_tokenizer
 from garden_assets.llm.prompts import dolly_completion, dolly_prompt
 
 PLAIN = {"valid_size": 0, "answer_tokens": None}  # whole answers, no valid split: row counts are the pairs'
