@@ -26,35 +26,12 @@ class Layout:
     def from_env(cls) -> "Layout":
         return cls(garden_home())
 
-    @property
-    def models(self) -> Path:
-        """Converted / downloaded checkpoints (base models, the packaged GGUF's conversion, embedders)."""
-        return self.home / "models"
-
-    @property
-    def storage(self) -> Path:
-        """The Parquet IO manager's files (raw_posts, clean_posts, qa_pairs, evaluation_answers)."""
-        return self.home / "storage"
-
-    @property
-    def dataset(self) -> Path:
-        """finetune_dataset: train/valid/test.jsonl and stats.json."""
-        return self.home / "finetune" / "dataset"
-
-    @property
-    def tuned(self) -> Path:
-        """tuned_model's run directory (model/, adapter/, checkpoints/, training_log.jsonl)."""
-        return self.home / "finetune" / "tuned"
-
-    @property
-    def evaluation(self) -> Path:
-        """evaluation_answers' answer cache."""
-        return self.home / "evaluation"
-
-    @property
-    def lancedb(self) -> Path:
-        """The default LanceDB index location (GARDEN_LANCE_URI overrides it, `lance_uri`)."""
-        return self.home / "lancedb"
+    models = property(lambda self: self.home / "models")  # base models (converted / downloaded), embedders' GGUF
+    storage = property(lambda self: self.home / "storage")  # the Parquet IO manager's files
+    dataset = property(lambda self: self.home / "finetune" / "dataset")  # train/valid/test.jsonl + stats.json
+    tuned = property(lambda self: self.home / "finetune" / "tuned")  # tuned_model: model/, adapter/, checkpoints/
+    evaluation = property(lambda self: self.home / "evaluation")  # evaluation_answers' answer cache
+    lancedb = property(lambda self: self.home / "lancedb")  # the index unless GARDEN_LANCE_URI says otherwise
 
 
 def garden_home() -> Path:
