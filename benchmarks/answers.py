@@ -25,6 +25,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from garden_assets.settings import Layout  # noqa: E402
+
 # Relaxed for small dumps (the pipeline's defaults are min_score 5, max_body_chars 1000, a 20 % test cap): both
 # shared dumps keep only 33–66 questions under the defaults, far from 40 held out.
 RELAXED_CLEAN = {"min_score": 0, "max_body_chars": 2000}
@@ -79,7 +81,7 @@ def main() -> int:
 
 
 def _local_gemma() -> str | None:
-    path = Path(__file__).resolve().parents[1] / ".garden" / "models" / "gemma3-270m"
+    path = Layout(Path(__file__).resolve().parents[1] / ".garden").models / "gemma3-270m"
     return str(path) if (path / "config.json").is_file() else None
 
 
@@ -102,7 +104,7 @@ def run(home: Path, drops: Path, name: str, site: str, base: str | None, args) -
     instance.add_dynamic_partitions(posts.drops_partitions.name, [name])
     resources = {
         "paths": GardenPaths(home=str(home), drops=str(drops)),
-        "io_manager": AtomicParquetIOManager(base_dir=str(home / "storage")),
+        "io_manager": AtomicParquetIOManager(base_dir=str(Layout(home).storage)),
         "model": finetune.BaseModel(**({"spec": base} if base else {})),
         "pipes_subprocess_client": dg.PipesSubprocessClient(message_reader=CompleteLineMessageReader()),
     }
@@ -129,7 +131,7 @@ def run(home: Path, drops: Path, name: str, site: str, base: str | None, args) -
             failure = [e for e in result.all_events if e.is_step_failure]
             raise SystemExit(f"{label} failed: {failure[0].step_failure_data.error or failure[0].step_failure_data}"
                              if failure else f"{label} failed")
-    rows = pl.read_parquet(home / "storage" / "evaluation_answers.parquet")
+    rows = pl.read_parquet(Layout(home).storage / "evaluation_answers.parquet")
     table = [{**({} if r["sweep"] == "main" else {"sweep": r["sweep"], "setting": r["setting"]}),
               **{k: r[k] for k in COLUMNS}} for r in summarize(rows).iter_rows(named=True)]
     return {"table": table, "questions": rows["question_id"].n_unique(), "stages": stages,

@@ -31,7 +31,7 @@ def main() -> int:
     from garden_assets.llm.metrics import SUPPORT_THRESHOLD, sentences, support_scores
     from garden_assets.llm.rag import DEFAULT_RETRIEVAL, retrieve
     from garden_assets.retrieval.store import open_store
-    from garden_assets.settings import garden_home
+    from garden_assets.settings import Layout, garden_home
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--home", type=Path, default=None)
@@ -39,8 +39,9 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     home = args.home or garden_home()
-    store = open_store(str(home / "lancedb"), key=DEFAULT_RETRIEVAL.key)
-    questions = load_test_questions(home / "finetune" / "dataset" / "test.jsonl", limit=args.questions)
+    layout = Layout(Path(home))
+    store = open_store(str(layout.lancedb), key=DEFAULT_RETRIEVAL.key)
+    questions = load_test_questions(layout.dataset / "test.jsonl", limit=args.questions)
     others = [s for a in store.open().to_arrow()["response"].to_pylist() for s in sentences(a)]
     rng = random.Random(args.seed)
     embed = store.embedder.embed

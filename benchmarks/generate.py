@@ -31,13 +31,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from garden_assets.llm import backends, llamacpp  # noqa: E402
 from garden_assets.llm.evaluation import load_test_questions, score  # noqa: E402
-from garden_assets.llm.generate import GenerationSettings, Generation, Generator  # noqa: E402
+from garden_assets.llm.generate import GenerationSettings, GeneratedText, Generator  # noqa: E402
 from garden_assets.llm.metrics import rouge_l  # noqa: E402
 from garden_assets.llm.models import DEFAULT_BASE_MODEL, base_model_path, load_causal_lm, tuned_model_path  # noqa: E402
 from garden_assets.llm.prompts import dolly_prompt, extract_response  # noqa: E402
 from garden_assets.llm.rag import DEFAULT_RETRIEVAL, Assistant, Question  # noqa: E402
 from garden_assets.retrieval.store import open_store  # noqa: E402
-from garden_assets.settings import garden_home, lance_storage_options, lance_uri  # noqa: E402
+from garden_assets.settings import Layout, lance_storage_options, lance_uri  # noqa: E402
 
 WINDOW = 2048  # garden ask's --max-context-tokens default
 
@@ -58,7 +58,7 @@ class PlainGenerate(Generator):
                 row = self.model.generate(torch.tensor([ids]), max_new_tokens=settings.max_new_tokens, do_sample=False)
             new = row[0, len(ids):]
             s = time.perf_counter() - began
-            out.append([Generation(extract_response(self.tokenizer.decode(new, skip_special_tokens=True)), len(ids),
+            out.append([GeneratedText(extract_response(self.tokenizer.decode(new, skip_special_tokens=True)), len(ids),
                                    len(new), s, len(new) / s, len(new) < settings.max_new_tokens)])
         return out
 
@@ -92,7 +92,7 @@ class CTranslate2Int8(Generator):
             rate = sum(len(r.sequences_ids[0]) for r in res) / s
             for ids, r in zip(chunk, res):
                 new = r.sequences_ids[0]
-                out.append([Generation(extract_response(self.tokenizer.decode(new, skip_special_tokens=True)),
+                out.append([GeneratedText(extract_response(self.tokenizer.decode(new, skip_special_tokens=True)),
                                        len(ids), len(new), s, rate, len(new) < settings.max_new_tokens)])
         return out
 
@@ -163,9 +163,9 @@ def main() -> int:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
-    home = garden_home()
-    path = args.model or tuned_model_path(home / "finetune" / "tuned")
-    questions = load_test_questions(home / "finetune" / "dataset" / "test.jsonl", limit=args.questions)
+    layout = Layout.from_env()
+    path = args.model or tuned_model_path(layout.tuned)
+    questions = load_test_questions(layout.dataset / "test.jsonl", limit=args.questions)
     store = open_store(lance_uri(), key=DEFAULT_RETRIEVAL.key, storage_options=lance_storage_options())
     if store.open() is None:
         sys.exit(f"no qa_index at {lance_uri()}: run `make run` first")
@@ -224,7 +224,7 @@ def main() -> int:
         r["ratio_vs_fp32"] = round(r["tokens_per_s"] / base_rate, 2)
     tmp.cleanup()
     del fp32_model
-    short = short_prompt_rates(base_model_path(DEFAULT_BASE_MODEL, home / "models"))
+    short = short_prompt_rates(base_model_path(DEFAULT_BASE_MODEL, layout.models))
     context = {"model": str(path), "batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens,
                "threads": os.cpu_count(), "anchor": anchor, "load_avg_1m": round(os.getloadavg()[0], 2)}
     if args.json:

@@ -441,7 +441,8 @@ def main() -> None:
         trl_worker(args.trl_worker)
         return
 
-    from garden_assets.llm.models import PACKAGED_GEMMA, load_tokenizer, resolve_base_model, tiny_random_model
+    from garden_assets.llm.models import PACKAGED_GEMMA, load_tokenizer, resolve_base_model
+    from garden_assets_tests.tiny_models import tiny_random_model
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)

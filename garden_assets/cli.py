@@ -5,13 +5,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 import tempfile
 from pathlib import Path
 
 from .compute import BACKENDS
 from .llm.rag import DEFAULT_RETRIEVAL
+from .retrieval.embedder import DEFAULT_KEY, KEYS
+from .retrieval.metrics import GRID_KEYS
+from .retrieval.search import DEFAULT_MODE, MODES, SEARCH_K
 from .stackexchange.reader import DumpError
 
 
@@ -99,8 +101,8 @@ def _eval_retrieval(args: argparse.Namespace) -> int:
 
     clean, _ = clean_posts(read_posts(args.dump))  # no score/length filters: the README protocol
     pairs, _ = build_pairs(clean, site=site_of(args.dump).name)
-    keys = ["answer", "question+answer"] if args.key == "all" else [args.key]
-    modes = ["vector", "fts", "hybrid"] if args.mode == "all" else [args.mode]
+    keys = list(GRID_KEYS) if args.key == "all" else [args.key]
+    modes = list(MODES) if args.mode == "all" else [args.mode]
     for r in evaluate_grid(pairs, Embedder(args.model), keys, modes):
         line = {"key": r.key, "mode": r.mode, "success_at_5": r.success_at_5, "mrr_at_10": r.mrr_at_10,
                 "queries": r.queries, "docs": pairs.height, "docs_per_s": r.index_docs_per_s}
@@ -109,15 +111,16 @@ def _eval_retrieval(args: argparse.Namespace) -> int:
 
 
 def _add_generation_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per `GenerationSettings` field (its type; unset flags keep the settings' defaults)."""
+    """One flag per `GenerationSettings` field (its type and help; unset flags keep the settings' defaults)."""
     from .llm.generate import GenerationSettings
+    from .settings import typed_fields
 
-    for f in dataclasses.fields(GenerationSettings):  # annotations are strings (from __future__ import annotations)
-        flag = "--" + f.name.replace("_", "-")
-        if f.type == "bool":
-            parser.add_argument(flag, action="store_true", default=None, help=f"(default: {f.default})")
+    for name, kind, default, help in typed_fields(GenerationSettings):
+        flag, shown = "--" + name.replace("_", "-"), f"{help} (default: {default})".strip()
+        if kind is bool:
+            parser.add_argument(flag, action="store_true", default=None, help=shown)
         else:
-            parser.add_argument(flag, type={"int": int, "float": float}[f.type], help=f"(default: {f.default})")
+            parser.add_argument(flag, type=kind, help=shown)
 
 
 def _site(name: str | None) -> str | None:
@@ -135,15 +138,16 @@ def _ask(args: argparse.Namespace) -> int:
     from .compute import LLAMA_CPP, ComputeSpec, load_profile
     from .llm.backends import describe, load_generator, query_embedder, resolve_backend
     from .llm.generate import GenerationSettings
-    from .llm.models import DEFAULT_BASE_MODEL, base_model_path, require_checkpoint, tuned_model_path
+    from .llm.models import base_model_path, base_model_spec, require_checkpoint, tuned_model_path
     from .llm.rag import Assistant, Question, check_question, pasted_answer
     from .retrieval.store import QAStore, open_store
-    from .settings import garden_home, lance_storage_options, lance_uri
+    from .settings import Layout, lance_storage_options, lance_uri
 
     def note(line: str) -> None:
         print(f"garden: {line}", file=sys.stderr)
 
     profile = load_profile(asset="generation", defaults=ComputeSpec(device="auto"))
+    layout = Layout.from_env()
     try:
         question = check_question(args.question)
         settings = GenerationSettings.from_dict(
@@ -151,17 +155,16 @@ def _ask(args: argparse.Namespace) -> int:
         if args.no_model:
             path = None
         elif args.model == "tuned":
-            path = require_checkpoint(tuned_model_path(garden_home() / "finetune" / "tuned"), "tuned_model")
+            path = require_checkpoint(tuned_model_path(layout.tuned), "tuned_model")
         else:
-            spec = os.environ.get("GARDEN_BASE_MODEL", DEFAULT_BASE_MODEL)
-            path = require_checkpoint(base_model_path(spec, garden_home() / "models"), "base_model")
+            path = require_checkpoint(base_model_path(base_model_spec(), layout.models), "base_model")
         if args.no_model and args.no_rag:
             raise ValueError("--no-model pastes the top retrieved answer: it cannot go with --no-rag")
         backend = None if args.no_model else resolve_backend(
             args.backend or profile.backend, profile.resolve_device(), path, log=note)
         store = None
         if not args.no_rag:  # with llama.cpp generating, llama.cpp embeds the question too (no torch import)
-            embedder = query_embedder(args.key, garden_home() / "models", log=note) if backend == LLAMA_CPP else None
+            embedder = query_embedder(args.key, layout.models, log=note) if backend == LLAMA_CPP else None
             store = (QAStore(lance_uri(), embedder, key=args.key, storage_options=lance_storage_options()) if embedder
                      else open_store(lance_uri(), key=args.key, storage_options=lance_storage_options()))
             if store.open() is None:
@@ -202,6 +205,11 @@ def _ask(args: argparse.Namespace) -> int:
 
 
 
+def _add_retrieval_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--mode", choices=MODES, default=DEFAULT_MODE)
+    parser.add_argument("--key", choices=KEYS, default=DEFAULT_KEY, help="the qa_index table (its key) to search")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="garden", description="garden_assets: your Q&A dump → a domain assistant")
     sub = parser.add_subparsers(dest="command", required=True)  # subcommands get _Parser too
@@ -218,9 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("search", help="search the current qa_index")
     p.add_argument("question")
-    p.add_argument("--k", type=int, default=5, help="answers to list (1..50)")
-    p.add_argument("--mode", choices=["hybrid", "vector", "fts"], default="hybrid")
-    p.add_argument("--key", choices=["answer", "question+answer"], default="question+answer")
+    p.add_argument("--k", type=int, default=SEARCH_K, help="answers to list (1..50)")
+    _add_retrieval_flags(p)
     p.add_argument("--model", default=None, help="the embedding model the index was built with (default: packaged MiniLM)")
     p.add_argument("--site", help="only answers from this site (e.g. coffee.stackexchange.com)")
     p.add_argument("--json", action="store_true")
@@ -233,8 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-model", action="store_true",
                    help="no model: print the top retrieved answer as is (the evaluation's `retrieved` anchor)")
     p.add_argument("--k", type=int, default=DEFAULT_RETRIEVAL.k, help="documents to retrieve")
-    p.add_argument("--mode", choices=["hybrid", "vector", "fts"], default="hybrid")
-    p.add_argument("--key", choices=["answer", "question+answer"], default="question+answer")
+    _add_retrieval_flags(p)
     p.add_argument("--site", help="retrieve only from this site (e.g. coffee.stackexchange.com)")
     p.add_argument("--context", help="more detail about the question (the Input: block)")
     p.add_argument("--max-context-tokens", type=_at_least_one, default=2048, help="prompt + answer window")
@@ -247,8 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval-retrieval", help="Success@5 / MRR@10 of a throw-away index built from a dump")
     p.add_argument("dump")
-    p.add_argument("--key", choices=["answer", "question+answer", "all"], default="all")
-    p.add_argument("--mode", choices=["vector", "fts", "hybrid", "all"], default="all")
+    p.add_argument("--key", choices=[*KEYS, "all"], default="all", help=f"all: {', '.join(GRID_KEYS)}")
+    p.add_argument("--mode", choices=[*MODES, "all"], default="all")
     p.add_argument("--model", default=None)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_eval_retrieval)

@@ -1,11 +1,14 @@
 """The one Definitions object: assets, checks, sensors, schedules, jobs and resources."""
 
 import os
+from pathlib import Path
 
 import dagster as dg
 import yaml
 
-from .defs import automation, evaluation, finetune, index, posts
+from dagster.components import load_defs
+
+from . import defs as defs_folder
 from .defs.resources import resources
 
 
@@ -19,16 +22,11 @@ def executor():
     return k8s_job_executor.configured(config, name="garden_k8s") if config else k8s_job_executor
 
 
-defs = dg.Definitions(
-    assets=[
-        posts.raw_posts, posts.clean_posts, posts.qa_pairs, index.qa_index, index.retrieval_eval,
-        finetune.base_model, finetune.finetune_dataset, finetune.tuned_model, finetune.tuned_model_gguf,
-        evaluation.evaluation_answers,
-    ],
-    asset_checks=[finetune.overfitting],
-    jobs=[index.reindex_job],
-    schedules=[index.reindex_schedule],
-    sensors=[automation.drops_sensor, automation.automation_sensor],
-    resources=resources(),
-    executor=executor(),
+# Every module under defs/ registers its own definitions (assets, checks, jobs, schedules, sensors at module
+# level): the dg convention of load_from_defs_folder, through load_defs on the package itself, so it needs no
+# pyproject.toml at run time (the deploy image installs the package without one). Resources and the executor
+# are the code location's, added here.
+defs = dg.Definitions.merge(
+    load_defs(defs_folder, project_root=Path(__file__).resolve().parent.parent),
+    dg.Definitions(resources=resources(), executor=executor()),
 )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import re
 import time
@@ -11,6 +10,7 @@ from pathlib import Path
 
 import yaml
 
+from .files import file_sha256
 from .stackexchange.qa import LINK
 from .stackexchange.reader import DumpError, find_posts
 
@@ -116,13 +116,7 @@ def run_key(drop: Drop, digest: str) -> str:
     return f"{drop.key}:{digest[:16]}:{drop.site}"
 
 
-def content_hash(file: str | Path, block: int = 1 << 20) -> str:
-    """sha256 of a file's bytes (hex)."""
-    h = hashlib.sha256()
-    with open(file, "rb") as f:
-        while chunk := f.read(block):
-            h.update(chunk)
-    return h.hexdigest()
+content_hash = file_sha256  # a drop file's sha256: the name defs/posts.py imports (one function, files.py)
 
 
 def locate(folder: str | Path, key: str) -> Path:

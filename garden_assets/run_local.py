@@ -19,8 +19,9 @@ import polars as pl
 from .defs.automation import SENSOR_NAME, drop_run_tags
 from .defs.posts import drops_partitions
 from .defs.runs import fail_dead_runs
-from .settings import drops_folder, garden_home
-from .drops import content_hash, run_key, scan_drops
+from .settings import Layout, drops_folder, garden_home
+from .drops import run_key, scan_drops
+from .files import file_sha256
 from .stackexchange.reader import DumpError
 
 
@@ -63,7 +64,7 @@ def main() -> int:
     failed = []
     for drop in drops:
         # Tagged as the drops sensor's run of this content: its first tick under `make ui` finds the run key taken.
-        digest = content_hash(drop.file)
+        digest = file_sha256(drop.file)
         tags = {**drop_run_tags(drop, digest), "dagster/run_key": run_key(drop, digest), "dagster/sensor_name": SENSOR_NAME}
         result = job.execute_in_process(instance=inst, partition_key=drop.key, asset_selection=partitioned,
                                         raise_on_error=False, run_config=quiet, tags=tags)
@@ -77,8 +78,7 @@ def main() -> int:
 
 
 def summary(inst: dg.DagsterInstance, keys: list[str], failed: list[str], seconds: float) -> None:
-    home = garden_home()
-    storage = home / "storage"
+    storage = Layout.from_env().storage
     posts = sum(pl.scan_parquet(storage / "raw_posts" / f"{k}.parquet").select(pl.len()).collect().item()
                 for k in keys if (storage / "raw_posts" / f"{k}.parquet").exists())
     pairs_file = storage / "qa_pairs.parquet"

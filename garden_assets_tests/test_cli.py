@@ -91,3 +91,19 @@ def test_out_into_a_read_only_folder(tmp_path, capsys):
         assert "cannot write in" in fails(capsys, "ingest", DUMP, "--out", disk / "posts.parquet")
     finally:
         subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+def test_retrieval_flags_come_from_the_library_defaults():
+    """--key offers every key an index can be built with, and every default is the library's (issue 14)."""
+    from garden_assets.cli import build_parser
+    from garden_assets.llm.rag import DEFAULT_RETRIEVAL
+    from garden_assets.retrieval import DEFAULT_K, DEFAULT_KEY, DEFAULT_MODE, KEYS, MODES, SEARCH_K
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command").choices
+    for command in ("search", "ask"):
+        flags = {a.dest: a for a in sub[command]._actions}
+        assert tuple(flags["key"].choices) == KEYS and flags["key"].default == DEFAULT_KEY
+        assert tuple(flags["mode"].choices) == MODES and flags["mode"].default == DEFAULT_MODE
+    assert {a.dest: a for a in sub["search"]._actions}["k"].default == SEARCH_K
+    assert {a.dest: a for a in sub["ask"]._actions}["k"].default == DEFAULT_K == DEFAULT_RETRIEVAL.k
+    assert set(KEYS) <= set({a.dest: a for a in sub["eval-retrieval"]._actions}["key"].choices)

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from garden_assets.cli import main
-from garden_assets.llm.models import tiny_random_model
+from .tiny_models import tiny_random_model
 from garden_assets.retrieval.store import open_store
 from garden_assets.retrieval.testing import sample_pairs
 

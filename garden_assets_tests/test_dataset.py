@@ -16,7 +16,7 @@ from garden_assets.llm.dataset import (
     write_dataset,
     write_jsonl_atomic,
 )
-from garden_assets.llm.models import build_small_tokenizer
+from .tiny_models import build_small_tokenizer
 from garden_assets.llm.prompts import dolly_completion, dolly_prompt
 
 PLAIN = {"valid_size": 0, "answer_tokens": None}  # whole answers, no valid split: row counts are the pairs'
@@ -79,7 +79,7 @@ def test_no_pairs(tok):
 def test_nothing_passes_filter(tok):
     pairs = make_pairs(5).with_columns(pl.lit(False).alias("is_accepted"))
     with pytest.raises(ValueError, match="answer filter"):
-        build_finetune_dataset(pairs, tok)
+        build_finetune_dataset(pairs, tok, DatasetOptions(answers="accepted"))
 
 
 def test_every_row_too_long(tok):
@@ -113,7 +113,7 @@ def test_test_size_capped_at_20_percent(tok):
 
 def test_answer_selection_and_question_split(tok):
     pairs = make_pairs(40, answers_per_question=3)
-    accepted = build_finetune_dataset(pairs, tok, DatasetOptions(test_size=5))
+    accepted = build_finetune_dataset(pairs, tok, DatasetOptions(answers="accepted", test_size=5))
     assert accepted.stats.rows_selected == 40
     every = build_finetune_dataset(pairs, tok, DatasetOptions(answers="all", test_size=12))
     assert every.stats.rows_selected == 120 and every.stats.test_rows == 12

@@ -23,7 +23,7 @@ import yaml
 from garden_assets.defs import index, posts
 from garden_assets.defs.resources import AtomicParquetIOManager, GardenPaths
 from garden_assets.defs.runs import fail_dead_runs, run_process
-from garden_assets.llm.models import tiny_random_model
+from .tiny_models import tiny_random_model
 from garden_assets.retrieval.store import open_store
 
 from .conftest import SAMPLE_DROPS

@@ -10,7 +10,7 @@ import pytest
 
 from garden_assets.defs import evaluation, finetune, index, posts
 from garden_assets.defs.resources import GardenPaths
-from garden_assets.llm.models import tiny_random_model
+from .tiny_models import tiny_random_model
 
 from .dagster_env import PARTITION, sample_env
 

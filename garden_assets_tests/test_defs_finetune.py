@@ -9,7 +9,7 @@ import dagster as dg
 import pytest
 
 from garden_assets.defs import finetune, index, posts
-from garden_assets.llm.models import tiny_random_model
+from .tiny_models import tiny_random_model
 
 from .dagster_env import sample_env
 

@@ -5,7 +5,7 @@ import torch
 
 from garden_assets.llm.generate import GenerationSettings, Generator
 from garden_assets.llm.metrics import normalize_answer, rouge_l, token_f1
-from garden_assets.llm.models import tiny_random_model
+from .tiny_models import tiny_random_model
 from garden_assets.llm.prompts import END_KEY, dolly_prompt, extract_response
 from garden_assets.llm.rag import Assistant, Question, fit_rag_prompt
 from garden_assets.retrieval.search import Hit

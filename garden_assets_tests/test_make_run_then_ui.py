@@ -12,7 +12,7 @@ import time
 import dagster as dg
 import pytest
 
-from garden_assets.llm.models import tiny_random_model
+from .tiny_models import tiny_random_model
 
 from .ui_helpers import ROOT, DagsterUI
 

@@ -14,8 +14,9 @@ from garden_assets.llm.models import (
     materialize_pretrained,
     model_info,
     resolve_base_model,
-    tiny_random_model,
 )
+
+from .tiny_models import tiny_random_model
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 
 from garden_assets.llm.dataset import write_jsonl_atomic
-from garden_assets.llm.models import load_causal_lm, tiny_random_model
+from garden_assets.llm.models import load_causal_lm
+
+from .tiny_models import tiny_random_model
 from garden_assets.llm.prompts import dolly_completion, dolly_prompt
 from garden_assets.training import checkpoint as ckpt
 from garden_assets.training.data import IGNORE_INDEX, Example, collate, load_examples, plan_epoch, plan_steps

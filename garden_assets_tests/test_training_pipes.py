@@ -8,7 +8,7 @@ import dagster as dg
 
 from garden_assets.compute import ComputeSpec
 from garden_assets.llm.dataset import write_jsonl_atomic
-from garden_assets.llm.models import tiny_random_model
+from .tiny_models import tiny_random_model
 from garden_assets.llm.prompts import dolly_completion, dolly_prompt
 from garden_assets.training.config import TrainConfig
 from garden_assets.training.launch import plan_launch

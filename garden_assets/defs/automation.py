@@ -6,7 +6,8 @@ import os
 
 import dagster as dg
 
-from ..drops import Drop, content_hash, run_key, scan_drops
+from ..drops import Drop, run_key, scan_drops
+from ..files import file_sha256
 from .posts import drops_partitions, raw_posts
 from .resources import GardenPaths
 
@@ -41,7 +42,7 @@ def drops_sensor(context: dg.SensorEvaluationContext, paths: GardenPaths) -> dg.
     for drop in drops:
         stamp = [drop.size, drop.mtime_ns]
         previous = seen.get(drop.key)
-        digest = previous["hash"] if previous and previous["stamp"] == stamp else content_hash(drop.file)
+        digest = previous["hash"] if previous and previous["stamp"] == stamp else file_sha256(drop.file)
         cursor[drop.key] = {"stamp": stamp, "hash": digest, "site": drop.site}
         if drop.key not in known:
             new_keys.append(drop.key)

@@ -2,22 +2,22 @@
 tuned+RAG, scored, with sweeps."""
 
 import functools
-import hashlib
-import json
 import time
-from pathlib import Path
 
 import dagster as dg
 import polars as pl
 
 from ..compute import TRANSFORMERS, ComputeSpec, load_profile
-from ..llm.evaluation import ROWS_VERSION, VARIANTS, EvalPlan, RetrievalSetting, load_test_questions, run_evaluation, summarize
+from ..llm.evaluation import (
+    VARIANTS, AnswerCache, EvalPlan, RetrievalSetting, fingerprint, load_test_questions, question_limit,
+    required_checkpoints, run_evaluation, summarize,
+)
 from ..llm.backends import check_backend, describe, load_generator, resolve_backend
 from ..llm.generate import GenerationSettings
-from ..llm.models import base_model_path, require_checkpoint, tuned_model_path
-from ..llm.rag import DEFAULT_RETRIEVAL
-from .finetune import BaseModel, base_model, dataset_dir, finetune_dataset, tuned_model, tuned_model_gguf
-from .index import EMBEDDING, IndexConfig, qa_index, store_for
+from ..llm.models import base_model_path, tuned_model_path
+from .finetune import BaseModel, base_model, finetune_dataset, layout, tuned_model, tuned_model_gguf
+from .index import EMBEDDING, built_index, qa_index, store_for
+from .configs import config_class
 from .metadata import counts, markdown_table
 from .plots import png_markdown, pyplot
 from .resources import GardenPaths
@@ -28,56 +28,29 @@ CPU_QUESTIONS = 8  # the default with transformers on CPU (the fallback): the fi
 CHECKS = {"tuned_rag_vs_base_rag": "base+rag", "tuned_rag_vs_retrieved": "retrieved"}
 
 
-class Generation(dg.Config):  # mirrors GenerationSettings (a test keeps them equal)
-    """transformers generation settings (GenerationSettings); a sweep entry names only what it changes."""
-
-    max_new_tokens: int = GenerationSettings().max_new_tokens
-    do_sample: bool = False
-    num_beams: int = 1
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 50
-    repetition_penalty: float = 1.0
-    no_repeat_ngram_size: int = 0
-    num_return_sequences: int = 1
-    seed: int = 0
-
+class _GenerationConfig(dg.Config):
     def settings(self) -> GenerationSettings:
         return GenerationSettings.from_dict(self.model_dump())
 
 
-class GenerationChange(dg.Config):
-    """One sweep row: the settings it names replace the main ``generation`` settings; the rest are kept."""
-
-    max_new_tokens: int | None = None
-    do_sample: bool | None = None
-    num_beams: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int | None = None
-    repetition_penalty: float | None = None
-    no_repeat_ngram_size: int | None = None
-    num_return_sequences: int | None = None
-    seed: int | None = None
-
-
-class Retrieval(dg.Config):
-    k: int = DEFAULT_RETRIEVAL.k
-    key: str = DEFAULT_RETRIEVAL.key  # the qa_index table to search: qa_index must have been built with this key
-    mode: str = DEFAULT_RETRIEVAL.mode
-    passage_tokens: int | None = DEFAULT_RETRIEVAL.passage_tokens  # each passage's leading sentences within this
-
+class _RetrievalConfig(dg.Config):
     def setting(self) -> RetrievalSetting:
         return RetrievalSetting(**self.model_dump())
 
 
-class RetrievalChange(dg.Config):
-    """One sweep row: k, key and/or mode replacing the main ``retrieval`` ones."""
-
-    k: int | None = None
-    key: str | None = None
-    mode: str | None = None
-    passage_tokens: int | None = None
+Generation = config_class(
+    GenerationSettings, "Generation", base=_GenerationConfig,
+    doc="transformers generation settings (GenerationSettings); a sweep entry names only what it changes.")
+GenerationChange = config_class(
+    GenerationSettings, "GenerationChange", change=True,
+    doc="One sweep row: the settings it names replace the main ``generation`` settings; the rest are kept.")
+Retrieval = config_class(
+    RetrievalSetting, "Retrieval", base=_RetrievalConfig,
+    doc="The RAG variants' search (RetrievalSetting): k passages, the qa_index key (its table must exist), mode, "
+        "and passage_tokens (each passage's leading sentences within this).")
+RetrievalChange = config_class(
+    RetrievalSetting, "RetrievalChange", change=True, doc="One sweep row: k, key and/or mode replacing the main "
+    "``retrieval`` ones.")
 
 
 def _changed(base: dict, change: dg.Config) -> dict:
@@ -126,17 +99,17 @@ def _plan(config: EvalConfig) -> EvalPlan:
                  for name, anchor in CHECKS.items()],
 )
 def evaluation_answers(context: dg.AssetExecutionContext, config: EvalConfig, paths: GardenPaths, model: BaseModel):
-    plan = _plan(config)
+    plan, home = _plan(config), layout(paths)
     device = GENERATION.resolve_device()
+    test_file = home.dataset / "test.jsonl"
     try:
-        questions = load_test_questions(dataset_dir(paths) / "test.jsonl")
-        where = {"base": base_model_path(model.spec, paths.home_path / "models"),
-                 "tuned": tuned_model_path(paths.home_path / "finetune" / "tuned")}
-        models = {m: require_checkpoint(where[m], f"{m}_model") for m in plan.models()}
+        questions = load_test_questions(test_file)
+        models = required_checkpoints(plan, {"base": base_model_path(model.spec, home.models),
+                                             "tuned": tuned_model_path(home.tuned)})
         requested = check_backend(config.backend or GENERATION.backend)
         backends = {m: resolve_backend(requested, device, models[m], log=context.log.info) for m in models}
-        slow = device == "cpu" and TRANSFORMERS in backends.values()
-        limit = config.questions if config.questions is not None else (CPU_QUESTIONS if slow else None)
+        limit = question_limit(config.questions, device == "cpu" and TRANSFORMERS in backends.values(),
+                               CPU_QUESTIONS)
         questions = questions[:limit] if limit else questions
     except (FileNotFoundError, ValueError) as e:
         raise dg.Failure(description=str(e)) from None
@@ -153,19 +126,20 @@ def evaluation_answers(context: dg.AssetExecutionContext, config: EvalConfig, pa
 
     @functools.cache
     def open_store(key: str):
-        store = store_for(paths, IndexConfig(key=key), EMBEDDING)
+        store = store_for(paths, built_index(context.instance, key), EMBEDDING)
         if store.open() is None:
             raise dg.Failure(description=f"no qa_index table for key {key!r} at {paths.lance_uri}: "
                                          f"materialize qa_index (with config key: {key}) first")
         return store
 
-    digest = _fingerprint(config, limit, dataset_dir(paths) / "test.jsonl", models, backends,
-                          {k: open_store(k).open().version for k in plan.rag_keys()})
-    cache = paths.home_path / "evaluation" / f"answers-{digest}.parquet"
-    reused = cache.is_file()
+    index_versions = {k: open_store(k).open().version for k in plan.rag_keys()}
+    digest = fingerprint([config.model_dump(), limit, backends, index_versions, GENERATION.to_dict()], test_file,
+                         models)
+    cache = AnswerCache(home.evaluation)
+    rows = cache.read(digest)
+    reused = rows is not None
     if reused:  # same questions, models, index versions and config: answering again would change nothing
-        context.log.info(f"inputs unchanged since the last evaluation ({digest}): reusing {cache}")
-        rows = pl.read_parquet(cache)
+        context.log.info(f"inputs unchanged since the last evaluation ({digest}): reusing {cache.path(digest)}")
     else:
         began = time.perf_counter()
         try:
@@ -173,7 +147,7 @@ def evaluation_answers(context: dg.AssetExecutionContext, config: EvalConfig, pa
                                   log=context.log.info)
         except ValueError as e:  # a question that cannot fit the window, a bad setting
             raise dg.Failure(description=f"evaluation_answers: {e}") from None
-        _write_cache(rows, cache)
+        cache.write(rows, digest)
         context.log.info(f"answered {rows.height} times in {time.perf_counter() - began:.0f} s")
     table = summarize(rows)
     main = table.filter(pl.col("sweep") == "main")
@@ -189,29 +163,6 @@ def evaluation_answers(context: dg.AssetExecutionContext, config: EvalConfig, pa
     })
     for name, anchor in CHECKS.items():
         yield _compare_check(main, name, "tuned+rag", anchor)
-
-
-def _fingerprint(config: EvalConfig, limit, test_file: Path, models: dict, backends: dict, index_versions: dict) -> str:
-    """What the answers depend on: config, question limit, test split, models' files and backends, index versions."""
-    h = hashlib.sha256(json.dumps([ROWS_VERSION, config.model_dump(), limit, backends, index_versions,
-                                   GENERATION.to_dict()],
-                                  sort_keys=True, default=str).encode())
-    h.update(test_file.read_bytes())
-    for path in models.values():  # a checkpoint is rewritten as a whole: names, sizes and mtimes identify it
-        for f in sorted(p for p in Path(path).rglob("*") if p.is_file()):  # its GGUF too
-            st = f.stat()
-            h.update(f"{f.relative_to(path)}:{st.st_size}:{st.st_mtime_ns}".encode())
-    return h.hexdigest()[:16]
-
-
-def _write_cache(rows: pl.DataFrame, cache: Path) -> None:
-    """Keep the latest answers only, written under a temporary name and renamed."""
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_name(f".{cache.name}.tmp")
-    rows.write_parquet(tmp)
-    for old in cache.parent.glob("answers-*.parquet"):
-        old.unlink()
-    tmp.rename(cache)
 
 
 def _compare_check(main: pl.DataFrame, name: str, variant: str, anchor: str) -> dg.AssetCheckResult:

@@ -10,10 +10,12 @@ import polars as pl
 from ..compute import ComputeSpec, load_profile
 from ..llm.dataset import DatasetOptions, prepare_finetune_dataset
 from ..llm.gguf_export import export_gguf, has_converter, scripts_dir
-from ..llm.models import DEFAULT_BASE_MODEL, PACKAGED_GEMMA, resolve_base_model, tuned_adapter_path, tuned_model_path
+from ..llm.models import PACKAGED_GEMMA, base_model_spec, resolve_base_model, tuned_adapter_path, tuned_model_path
 from ..llm.rag import DEFAULT_RETRIEVAL
+from ..files import file_sha256
+from ..settings import Layout
 from ..training.config import tune_config
-from .index import EMBEDDING, IndexConfig, qa_index, store_for
+from .index import EMBEDDING, built_index, qa_index, store_for
 from ..training.launch import plan_launch
 from .plots import png_markdown, pyplot
 from .resources import GardenPaths
@@ -24,10 +26,10 @@ TRAINING = load_profile(asset="training", defaults=ComputeSpec(device="auto", ba
 class BaseModel(dg.ConfigurableResource):
     """Which causal LM to start from: ``packaged:gemma3-270m`` (offline default), a local checkpoint or a Hub id."""
 
-    spec: str = os.environ.get("GARDEN_BASE_MODEL", DEFAULT_BASE_MODEL)
+    spec: str = base_model_spec()
 
     def resolve(self, paths: GardenPaths):
-        return resolve_base_model(self.spec, cache_dir=paths.home_path / "models")
+        return resolve_base_model(self.spec, cache_dir=layout(paths).models)
 
 
 @dg.asset(
@@ -79,10 +81,12 @@ class DatasetConfig(dg.Config):
     max_test_fraction: float = _DATASET.max_test_fraction
     valid_size: int = _DATASET.valid_size  # rows that pick the published checkpoint (eval loss)
     seed: int = _DATASET.seed
-    answers: str = "all"  # "accepted" (only accepted answers) or "all" (with min_answer_score)
-    min_answer_score: int | None = None
-    max_length: int = 768  # tokens; longer rows are dropped and counted, never truncated
-    rag_k: int = DEFAULT_RETRIEVAL.k  # RAFT: passages retrieved into each training prompt (0: no context)
+    answers: str = _DATASET.answers  # "accepted" (only accepted answers) or "all" (with min_answer_score)
+    min_answer_score: int | None = _DATASET.min_answer_score
+    max_length: int = _DATASET.max_length  # tokens; longer rows are dropped and counted, never truncated
+    # RAFT: passages retrieved into each training prompt (0: no context). The library's default is 0 (it needs no
+    # index); the pipeline has qa_index, so its prompts hold as many passages as answering retrieves.
+    rag_k: int = DEFAULT_RETRIEVAL.k
     oracle_share: float = _DATASET.oracle_share  # train rows whose own answer is one of the passages
     answer_tokens: int | None = _DATASET.answer_tokens  # longer train answers keep their leading sentences
     epochs: float = 1.0  # only for the tokens × epochs figure
@@ -99,20 +103,21 @@ class DatasetConfig(dg.Config):
     description="Dolly-format train/valid/test.jsonl (prompt, completion, n_tokens) from qa_pairs; RAFT prompts "
                 "with passages retrieved from qa_index (never from a held-out question).",
 )
-def finetune_dataset(config: DatasetConfig, paths: GardenPaths, model: BaseModel, qa_pairs: pl.DataFrame) -> dg.MaterializeResult:
+def finetune_dataset(context: dg.AssetExecutionContext, config: DatasetConfig, paths: GardenPaths, model: BaseModel,
+                     qa_pairs: pl.DataFrame) -> dg.MaterializeResult:
     try:
         options = config.options()
         store = None
         if options.rag_k:
-            store = store_for(paths, IndexConfig(key=DEFAULT_RETRIEVAL.key), EMBEDDING)
+            store = store_for(paths, built_index(context.instance, DEFAULT_RETRIEVAL.key), EMBEDDING)
             if store.open() is None:
                 raise ValueError(f"rag_k={options.rag_k} needs qa_index (key {DEFAULT_RETRIEVAL.key!r}): "
                                  "materialize qa_index first")
-        files, stats = prepare_finetune_dataset(qa_pairs, model.resolve(paths).path, dataset_dir(paths), options,
+        files, stats = prepare_finetune_dataset(qa_pairs, model.resolve(paths).path, layout(paths).dataset, options,
                                                 store)
     except ValueError as e:  # bad config / no pairs / every row too long: say so, keep the previous dataset
         raise dg.Failure(description=f"finetune_dataset: {e}") from None
-    digest = _digest(files["train"], files["valid"], files["test"])
+    digest = file_sha256(files["train"], files["valid"], files["test"])[:16]
     hist = stats.length_histogram
     return dg.MaterializeResult(
         metadata={
@@ -121,24 +126,16 @@ def finetune_dataset(config: DatasetConfig, paths: GardenPaths, model: BaseModel
                 "dropped_long_answer", "train_rows", "valid_rows", "test_rows", "train_tokens", "test_tokens",
                 "longest", "rag_k", "oracle_rows")},
             "tokens_x_epochs": dg.MetadataValue.int(int(stats.train_tokens * config.epochs)),
-            "path": dg.MetadataValue.path(str(dataset_dir(paths))),
+            "path": dg.MetadataValue.path(str(layout(paths).dataset)),
             "length_histogram": dg.MetadataValue.md(_histogram_png(hist)) if hist else "",
         },
         data_version=dg.DataVersion(digest),
     )
 
 
-def dataset_dir(paths: GardenPaths) -> Path:
-    return paths.home_path / "finetune" / "dataset"
-
-
-def _digest(*files: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    for f in files:
-        h.update(Path(f).read_bytes())
-    return h.hexdigest()[:16]
+def layout(paths: GardenPaths) -> Layout:
+    """The output paths under the ``paths`` resource's home."""
+    return Layout(paths.home_path)
 
 
 class TuneConfig(dg.Config):
@@ -168,8 +165,7 @@ def tuned_model(
     context: dg.AssetExecutionContext, config: TuneConfig, paths: GardenPaths, model: BaseModel,
     pipes_subprocess_client: dg.PipesSubprocessClient,
 ) -> dg.MaterializeResult:
-    data = dataset_dir(paths)
-    out = paths.home_path / "finetune" / "tuned"
+    data, out = layout(paths).dataset, layout(paths).tuned
     try:
         cfg = tune_config(TRAINING.resolve_device(), data / "train.jsonl", model.resolve(paths).path, out,
                           test_file=data / "valid.jsonl", **config.model_dump())
@@ -198,7 +194,7 @@ def _read_log(out: Path) -> list[dict]:
 def overfitting(paths: GardenPaths) -> dg.AssetCheckResult:
     from ..training.overfitting import overfitting_signal
 
-    log = _read_log(paths.home_path / "finetune" / "tuned")
+    log = _read_log(layout(paths).tuned)
     signal = overfitting_signal(log)
     return dg.AssetCheckResult(
         passed=not signal["overfitting"], severity=dg.AssetCheckSeverity.WARN,
@@ -244,7 +240,7 @@ def _loss_png(log: list[dict]) -> str:
                                                "(generation then falls back to transformers).")],
 )
 def tuned_model_gguf(context: dg.AssetExecutionContext, paths: GardenPaths, model: BaseModel):
-    tuned = paths.home_path / "finetune" / "tuned"
+    tuned = layout(paths).tuned
     if not has_converter():
         context.log.info(_no_converter())
         meta = {"gguf": f"none: {_no_converter()}"}

@@ -6,8 +6,10 @@ import dagster as dg
 import polars as pl
 
 from ..compute import ComputeSpec, load_profile
-from ..retrieval.metrics import evaluate_grid
-from ..retrieval.store import DEFAULT_KEY, CommitConflict, open_store
+from ..retrieval.embedder import DEFAULT_KEY
+from ..retrieval.metrics import GRID_KEYS, evaluate_grid
+from ..retrieval.search import MODES
+from ..retrieval.store import CommitConflict, open_store
 from ..settings import lance_storage_options
 from .metadata import counts, markdown_table
 from .plots import png_markdown, pyplot
@@ -18,10 +20,19 @@ RETRIES = 2  # qa_index attempts after a LanceDB commit conflict (the only error
 
 
 class IndexConfig(dg.Config):
-    key: str = DEFAULT_KEY  # "answer" or "question+answer" (docs/retrieval.md has the measurements)
+    """Which table qa_index writes: the key (what is embedded) and the embedding model. Search settings (mode,
+    k) are the readers' own: evaluation_answers' ``retrieval`` config, ``garden search/ask`` flags."""
+
+    key: str = DEFAULT_KEY  # one of retrieval.embedder.KEYS (docs/retrieval.md has the measurements)
     model: str = ""  # a sentence-transformers name or path; empty: the packaged all-MiniLM-L6-v2
-    mode: str = "hybrid"  # the default search mode for `garden search` / RAG
-    k: int = 5
+
+
+def built_index(instance: dg.DagsterInstance, key: str = DEFAULT_KEY) -> IndexConfig:
+    """The ``key`` table of the index as qa_index last built it: with the embedding model of its latest
+    materialization (a custom model has its own table), the packaged model when there is none yet."""
+    event = instance.get_latest_materialization_event(dg.AssetKey("qa_index"))
+    model = event.asset_materialization.metadata.get("model") if event and event.asset_materialization else None
+    return IndexConfig(key=key, model=str(model.value) if model is not None else "")
 
 
 def store_for(paths: GardenPaths, config: IndexConfig, spec: ComputeSpec = EMBEDDING):
@@ -77,8 +88,8 @@ def qa_index(context: dg.AssetExecutionContext, config: IndexConfig, paths: Gard
 
 
 class RetrievalEvalConfig(dg.Config):
-    keys: list[str] = ["answer", "question+answer"]  # question+answer is measured as body+answer (query = title)
-    modes: list[str] = ["fts", "vector", "hybrid"]
+    keys: list[str] = list(GRID_KEYS)  # question+answer is measured as body+answer (query = title)
+    modes: list[str] = list(MODES)
     model: str = ""
 
 

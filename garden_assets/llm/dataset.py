@@ -25,6 +25,7 @@ from typing import Any, Iterable, Literal, Sequence
 
 from garden_assets.llm.prompts import dolly_completion, dolly_prompt
 from garden_assets.llm.rag import DEFAULT_RETRIEVAL, Question, fit_rag_prompt, lead_within, retrieve
+from garden_assets.settings import MAX_LENGTH
 
 ROW_COLUMNS = ("instruction", "context", "response", "category", "prompt", "completion", "n_tokens")
 ID_COLUMNS = ("site", "question_id", "answer_id", "source_url")
@@ -40,9 +41,9 @@ class DatasetOptions:
     test_size: int = 200
     max_test_fraction: float = 0.2
     seed: int = 42
-    answers: Literal["accepted", "all"] = "accepted"
+    answers: Literal["accepted", "all"] = "all"
     min_answer_score: int | None = None
-    max_length: int = 1024
+    max_length: int = MAX_LENGTH
     valid_size: int = 24  # held-out rows (capped at max_test_fraction of the rest) that pick the best checkpoint
     rag_k: int = 0  # passages per prompt (RAFT); 0: the plain Dolly prompt
     oracle_share: float = 0.8  # train rows whose own answer is among the passages (the RAFT paper's ≈ 80 %)

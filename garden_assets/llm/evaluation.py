@@ -10,6 +10,7 @@ generation over all questions. Retrieval skips the held-out question's own answe
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import statistics
@@ -20,7 +21,9 @@ from typing import Callable, Iterator, Sequence
 
 import polars as pl
 
+from ..files import update_sha256, write_atomic
 from .generate import GenerationSettings, TokenBudget
+from .models import require_checkpoint
 from .metrics import faithfulness, repeated_ngram_share, rouge_l, token_f1
 from .rag import Answer, Assistant, Question, RetrievalSetting, pasted_answer
 
@@ -89,6 +92,50 @@ class EvalPlan:
     def rag_keys(self) -> list[str]:
         """The index tables the jobs search."""
         return sorted({r.key for _, v, _, r in self.jobs() if v.rag})
+
+
+def required_checkpoints(plan: EvalPlan, where: dict[str, Path]) -> dict[str, Path]:
+    """The checkpoints the plan's model variants need (``where``: ``base``/``tuned`` → path), each checked to be
+    there (FileNotFoundError naming the asset to materialize otherwise)."""
+    return {m: require_checkpoint(where[m], f"{m}_model") for m in plan.models()}
+
+
+def question_limit(requested: int | None, slow: bool, slow_default: int) -> int | None:
+    """How many questions to answer: ``requested``; unset, ``slow_default`` on a slow setup, else all (None)."""
+    return requested if requested is not None else (slow_default if slow else None)
+
+
+def fingerprint(settings: Sequence[object], test_file: str | os.PathLike[str], models: dict[str, Path]) -> str:
+    """What the answers depend on: the row version, ``settings`` (anything JSON can write: the run config, the
+    question limit, backends, index versions, compute), the test split's bytes and the models' files."""
+    h = hashlib.sha256(json.dumps([ROWS_VERSION, *settings], sort_keys=True, default=str).encode())
+    update_sha256(h, test_file)
+    for path in models.values():  # a checkpoint is rewritten as a whole: names, sizes and mtimes identify it
+        for f in sorted(p for p in Path(path).rglob("*") if p.is_file()):  # its GGUF too
+            st = f.stat()
+            h.update(f"{f.relative_to(path)}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class AnswerCache:
+    """The latest evaluation's answers, keyed by the `fingerprint` of their inputs: same inputs, same answers."""
+
+    folder: Path
+
+    def path(self, digest: str) -> Path:
+        return self.folder / f"answers-{digest}.parquet"
+
+    def read(self, digest: str) -> pl.DataFrame | None:
+        path = self.path(digest)
+        return pl.read_parquet(path) if path.is_file() else None
+
+    def write(self, rows: pl.DataFrame, digest: str) -> Path:
+        """Keep the latest answers only (written under a temporary name and renamed)."""
+        for old in self.folder.glob("answers-*.parquet") if self.folder.is_dir() else ():
+            if old != self.path(digest):
+                old.unlink()
+        return write_atomic(self.path(digest), rows.write_parquet)
 
 
 def load_test_questions(path: str | os.PathLike[str], limit: int | None = None) -> list[EvalQuestion]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -22,18 +22,24 @@ MAX_NEW_TOKENS_LIMIT = 4096
 
 @dataclass(frozen=True)
 class GenerationSettings:
-    """The generation knobs of the talk's "Generation Tuning" table (transformers' names and meanings)."""
+    """The generation knobs of the talk's "Generation Tuning" table (transformers' names and meanings).
 
-    max_new_tokens: int = 224  # room for a whole capped passage (rag.py passage_tokens) and the end marker
+    The one definition of a generation setting: ``garden ask``'s flags and the Dagster run config
+    (``evaluation_answers``' ``generation`` and ``generation_sweep``) are generated from these fields
+    (`settings.typed_fields`: type, default, and the ``help`` metadata)."""
+
+    max_new_tokens: int = field(default=224, metadata={
+        "help": "room for a whole capped passage (rag.py passage_tokens) and the end marker"})
     do_sample: bool = False
     num_beams: int = 1
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 50
     repetition_penalty: float = 1.0
-    no_repeat_ngram_size: int = 0  # > 0: no token n-gram of this size occurs twice in an answer
+    no_repeat_ngram_size: int = field(default=0, metadata={
+        "help": "> 0: no token n-gram of this size occurs twice in an answer"})
     num_return_sequences: int = 1
-    seed: int = 0  # for do_sample
+    seed: int = field(default=0, metadata={"help": "the sampling seed (with do_sample)"})
 
     def __post_init__(self) -> None:
         def need(ok: bool, what: str) -> None:
@@ -95,7 +101,7 @@ class GenerationSettings:
 
 
 @dataclass
-class Generation:
+class GeneratedText:
     """One generated answer. ``latency_s`` is the wall time of the batch it was generated in."""
 
     text: str  # the answer: after ``### Response:``, cut at ``### End``
@@ -177,7 +183,7 @@ class Generator(TokenBudget):
         model, tokenizer = load_causal_lm(path, device=device, precision=precision)
         return cls(model, tokenizer, batch_size=batch_size, max_context_tokens=max_context_tokens)
 
-    def generate(self, prompts: Sequence[str], settings: GenerationSettings | None = None) -> list[list[Generation]]:
+    def generate(self, prompts: Sequence[str], settings: GenerationSettings | None = None) -> list[list[GeneratedText]]:
         """For each prompt, ``num_return_sequences`` generations (best first for beam search), in prompt order."""
         import torch
 
@@ -190,7 +196,7 @@ class Generator(TokenBudget):
         if settings.do_sample:
             torch.manual_seed(settings.seed)
         order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))  # similar lengths share a batch
-        results: list[list[Generation]] = [[] for _ in prompts]
+        results: list[list[GeneratedText]] = [[] for _ in prompts]
         device = next(self.model.parameters()).device
         pad = self.tokenizer.pad_token_id
         for start in range(0, len(order), self.batch_size):
@@ -215,7 +221,7 @@ class Generator(TokenBudget):
             n = settings.num_return_sequences
             for j, (text, (length, eos)) in enumerate(zip(texts, ends)):
                 i = chunk[j // n]
-                results[i].append(Generation(text=extract_response(text), prompt_tokens=len(encoded[i]),
+                results[i].append(GeneratedText(text=extract_response(text), prompt_tokens=len(encoded[i]),
                                              new_tokens=length, latency_s=seconds, batch_tokens_per_s=rate,
                                              ended=eos or END_KEY in text))
         return results

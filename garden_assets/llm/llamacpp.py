@@ -19,7 +19,7 @@ from typing import Sequence
 import numpy as np
 
 from ..compute import LLAMA_CPP as BACKEND
-from .generate import Generation, GenerationSettings, TokenBudget
+from .generate import GeneratedText, GenerationSettings, TokenBudget
 from .prompts import END_KEY, extract_response
 from .sampling import SequenceState
 
@@ -162,7 +162,7 @@ class LlamaCppGenerator(TokenBudget):
         """The logits of the ``i``-th token of the last decoded batch (a view into llama.cpp's buffer)."""
         return np.ctypeslib.as_array(self._lib.llama_get_logits_ith(self._ctx, i), shape=(self.n_vocab,))
 
-    def generate(self, prompts: Sequence[str], settings: GenerationSettings | None = None) -> list[list[Generation]]:
+    def generate(self, prompts: Sequence[str], settings: GenerationSettings | None = None) -> list[list[GeneratedText]]:
         """For each prompt, ``num_return_sequences`` generations, in prompt order (`Generator.generate`'s contract)."""
         settings = settings or GenerationSettings()
         check_settings(settings)
@@ -170,7 +170,7 @@ class LlamaCppGenerator(TokenBudget):
         n = settings.num_return_sequences
         rows = [(i, j) for i in range(len(prompts)) for j in range(n)]  # one llama.cpp sequence per answer
         rows.sort(key=lambda r: -len(encoded[r[0]]))  # similar lengths share a batch
-        results: list[list[Generation | None]] = [[None] * n for _ in prompts]
+        results: list[list[GeneratedText | None]] = [[None] * n for _ in prompts]
         for start in range(0, len(rows), self.batch_size):
             chunk = rows[start:start + self.batch_size]
             began = time.perf_counter()
@@ -181,7 +181,7 @@ class LlamaCppGenerator(TokenBudget):
             rate = sum(len(s.new_tokens) for s in states) / seconds if seconds > 0 else 0.0
             for (i, j), state, ended in zip(chunk, states, done):
                 text = self.tokenizer.decode(state.new_tokens, skip_special_tokens=True)
-                results[i][j] = Generation(text=extract_response(text), prompt_tokens=len(encoded[i]),
+                results[i][j] = GeneratedText(text=extract_response(text), prompt_tokens=len(encoded[i]),
                                            new_tokens=len(state.new_tokens), latency_s=seconds,
                                            batch_tokens_per_s=rate, ended=ended)
         return results  # type: ignore[return-value]

@@ -12,9 +12,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
-from ..retrieval.embedder import KEYS
-from ..retrieval.search import DEFAULT_MODE, check_mode
-from ..retrieval.store import DEFAULT_KEY
+from ..retrieval.embedder import DEFAULT_KEY, KEYS
+from ..retrieval.search import DEFAULT_K, DEFAULT_MODE, check_mode
 from .generate import GenerationSettings, TokenBudget
 from .metrics import sentences
 from .prompts import dolly_prompt, rag_prompt
@@ -24,7 +23,7 @@ MIN_DOC_TOKENS = 32
 
 @dataclass(frozen=True)
 class RetrievalSetting:
-    k: int = 2  # passages per RAG prompt; also what RAFT training prompts hold (docs/evaluation.md)
+    k: int = DEFAULT_K  # passages per RAG prompt; also what RAFT training prompts hold (docs/evaluation.md)
     key: str = DEFAULT_KEY
     mode: str = DEFAULT_MODE
     # each passage keeps its leading sentences within this (None: whole); below max_new_tokens, so that a model that
@@ -169,7 +168,7 @@ def retrieve(store, question: str, *, k: int, mode: str, exclude=(), vector=None
                         vector=vector)
 
 
-def pasted_answer(store, question: Question, *, k: int = 1, mode: str = "hybrid", exclude=(),
+def pasted_answer(store, question: Question, *, k: int = 1, mode: str = DEFAULT_MODE, exclude=(),
                   site: str | None = None) -> "Answer":
     """The anchor a user has without any model: the top retrieved answer, pasted as is, with its source."""
     began = time.perf_counter()

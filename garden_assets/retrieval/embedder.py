@@ -29,6 +29,7 @@ _PACKAGED = {"all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
 
 Key = Literal["answer", "question+answer", "body+answer"]
 KEYS: tuple[str, ...] = ("answer", "question+answer", "body+answer")
+DEFAULT_KEY = "question+answer"  # what qa_index embeds and every search reads by default (docs/retrieval.md)
 Progress = Callable[[int, int], None]
 
 

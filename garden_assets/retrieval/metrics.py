@@ -14,6 +14,8 @@ from typing import Hashable, Sequence
 
 import polars as pl
 
+from .search import DEFAULT_MODE
+
 
 def success_at_k(ranked: Sequence[Sequence[Hashable]], relevant: Sequence[set], k: int) -> float:
     """Share of queries with at least one relevant id among their first ``k`` ranked ids."""
@@ -60,7 +62,7 @@ class EvalResult:
         return asdict(self)
 
 
-def evaluate(pairs: pl.DataFrame, index, *, key: str = "answer", mode: str = "hybrid") -> EvalResult:
+def evaluate(pairs: pl.DataFrame, index, *, key: str = "answer", mode: str = DEFAULT_MODE) -> EvalResult:
     """Success@5 / MRR@10 of ``mode`` search over ``pairs`` with the README protocol.
 
     ``index``: an ``Embedder`` (a throw-away store with ``key`` is built in a temporary folder, so the figure
@@ -92,6 +94,9 @@ def _run(pairs, store, key, mode, docs_per_s) -> EvalResult:
                       success_at_5=round(success_at_k(ranked, relevant, 5), 4),
                       mrr_at_10=round(mrr_at_k(ranked, relevant, 10), 4), index_docs_per_s=docs_per_s,
                       query_ms_p50=round(sorted(ms)[len(ms) // 2], 2))
+
+
+GRID_KEYS = ("answer", "question+answer")  # what retrieval_eval / garden eval-retrieval measure by default
 
 
 def evaluate_grid(pairs: pl.DataFrame, embedder, keys: Sequence[str], modes: Sequence[str]) -> list[EvalResult]:

@@ -22,6 +22,8 @@ import pyarrow as pa
 Mode = Literal["vector", "fts", "hybrid"]
 MODES: tuple[str, ...] = ("vector", "fts", "hybrid")
 DEFAULT_MODE = "hybrid"
+DEFAULT_K = 2  # passages per RAG prompt (and per RAFT training prompt): RetrievalSetting.k, garden ask --k
+SEARCH_K = 5  # answers `garden search` lists (and QAStore.search returns) unless told otherwise
 VECTOR_WEIGHT = 0.7  # LanceDB LinearCombinationReranker default
 CANDIDATES = 50  # rows each leg hands to the fusion (min–max over top-5 alone is too jumpy)
 

@@ -32,8 +32,8 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from .embedder import KEYS, build_key_text, index_id_for, model_slug, resolve_model
-from .search import CANDIDATES, HIT_COLUMNS, ID_SCHEME, KEY, Hit, check_mode, fuse, hits_from_arrow, uid_expr
+from .embedder import DEFAULT_KEY, KEYS, build_key_text, index_id_for, model_slug, resolve_model
+from .search import CANDIDATES, DEFAULT_MODE, HIT_COLUMNS, SEARCH_K, ID_SCHEME, KEY, Hit, check_mode, fuse, hits_from_arrow, uid_expr
 
 PAIR_COLUMNS = [
     "site", "question_id", "answer_id", "instruction", "context", "response", "category", "is_accepted",
@@ -117,7 +117,7 @@ class QAStore:
         uri: str | Path,
         embedder: TextEmbedder,
         *,
-        key: str = "question+answer",
+        key: str = DEFAULT_KEY,
         storage_options: dict[str, str] | None = None,
         ann_min_rows: int = ANN_MIN_ROWS,
         name: str | None = None,
@@ -350,7 +350,7 @@ class QAStore:
                 "versions_after": len(tbl.list_versions()), "rows": tbl.count_rows(), "indexes_created": created}
 
     # -- reading ---------------------------------------------------------------------------------------------------
-    def search(self, query: str, *, k: int = 5, mode: str = "hybrid", where: str | None = None,
+    def search(self, query: str, *, k: int = SEARCH_K, mode: str = DEFAULT_MODE, where: str | None = None,
                candidates: int = CANDIDATES, vector: np.ndarray | None = None) -> list[Hit]:
         """Top ``k`` answers for ``query``: ``vector``, ``fts`` (BM25) or ``hybrid`` (weighted fusion of both).
 
@@ -399,7 +399,6 @@ class QAStore:
         return hits_from_arrow(rows, mode, k)
 
 
-DEFAULT_KEY = "question+answer"
 # Answers alone: average windows over the whole answer (the only text there is). Keys that start with the question:
 # the first window already holds the question, the best match for a question query; averaging in the answer's
 # tail dilutes it and costs more windows (docs/retrieval.md).

@@ -28,7 +28,8 @@ QA = [
 ]
 
 
-def content_hash(*parts: str) -> str:
+def pair_hash(*parts: str) -> str:
+    """A stand-in for qa_pairs' content_hash column (any stable digest of the texts will do in tests)."""
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:16]
 
 
@@ -47,7 +48,7 @@ def sample_pairs(rows=QA) -> pl.DataFrame:
             "answer_score": [3] * len(rows),
             "tags": [["garden"]] * len(rows),
             "source_url": [f"https://gardening.stackexchange.com/a/{r[1]}" for r in rows],
-            "content_hash": [content_hash(r[2], r[3], r[4]) for r in rows],
+            "content_hash": [pair_hash(r[2], r[3], r[4]) for r in rows],
         },
         schema_overrides={"question_id": pl.Int64, "answer_id": pl.Int64, "question_score": pl.Int64,
                           "answer_score": pl.Int64},
@@ -61,7 +62,7 @@ def edit_pair(pairs: pl.DataFrame, answer_id: int, **changes: str) -> pl.DataFra
           for c, v in changes.items()])
     return out.with_columns(
         pl.struct("instruction", "context", "response")
-        .map_elements(lambda s: content_hash(s["instruction"], s["context"], s["response"]), return_dtype=pl.String)
+        .map_elements(lambda s: pair_hash(s["instruction"], s["context"], s["response"]), return_dtype=pl.String)
         .alias("content_hash"))
 
 

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..settings import MAX_LENGTH
+
 CPU_LORA_TARGETS = ("q_proj", "v_proj")  # the default without a recipe (TrainConfig.lora_targets None on CPU)
 # The tuned_model recipe (tune_config). The budget and epochs follow docs/evaluation.md ("Recipe runs"); LoRA rank,
 # targets and learning rate are issue #10's trial setting, not yet swept against alternatives.
@@ -22,64 +24,81 @@ RECIPE_LR = 1e-3
 RECIPE_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
+GROUPS = ("data and model", "method", "schedule", "speed", "eval, checkpoints, logging", "hardware")
+
+
+def _opt(default: Any = dataclasses.MISSING, help: str = "", *, group: str, choices: Sequence[str] | None = None,
+         aliases: Sequence[str] = (), default_factory: Any = dataclasses.MISSING) -> Any:
+    """A TrainConfig field with its command-line help: the one definition of a trainer flag."""
+    meta = {"help": help, "group": group, "choices": tuple(choices) if choices else None, "aliases": tuple(aliases)}
+    if default_factory is not dataclasses.MISSING:
+        return field(default_factory=default_factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
 @dataclass
 class TrainConfig:
-    train_file: str
-    base_model: str
-    output_dir: str
-    test_file: str | None = None
+    """Every trainer setting; `build_parser` makes one flag per field (``--lora-r`` for ``lora_r``)."""
+
+    train_file: str = _opt(help="train.jsonl (prompt, completion columns)", group="data and model")
+    base_model: str = _opt(help="checkpoint directory of the base model", group="data and model")
+    output_dir: str = _opt(help="adapter/, model/, checkpoints/, training_log.jsonl", group="data and model")
+    test_file: str | None = _opt(None, "test.jsonl for eval loss", group="data and model")
     # method
-    method: str = "lora"  # lora | full
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.05
-    lora_targets: list[str] | None = None  # None: q_proj,v_proj on CPU, all-linear on GPU
+    method: str = _opt("lora", group="method", choices=("lora", "full"))
+    lora_r: int = _opt(8, group="method")
+    lora_alpha: int = _opt(16, group="method")
+    lora_dropout: float = _opt(0.05, group="method")
+    lora_targets: list[str] | None = _opt(None, "comma list; default q_proj,v_proj on CPU, all-linear on GPU",
+                                          group="method")
     # length of training
-    epochs: float = 1.0
-    max_steps: int | None = None  # overrides epochs
-    max_train_tokens: int | None = None  # stop once this many (non-pad) tokens were trained on
-    max_train_seconds: float | None = None  # stop once training steps took this long (a time budget)
+    epochs: float = _opt(1.0, group="schedule")
+    max_steps: int | None = _opt(None, "optimizer steps; overrides --epochs", group="schedule")
+    max_train_tokens: int | None = _opt(None, "token budget: stop once this many (non-pad) tokens were trained on",
+                                        group="schedule")
+    max_train_seconds: float | None = _opt(None, "time budget: stop once training steps took this long",
+                                           group="schedule")
     # optimisation
-    learning_rate: float | None = None  # None: 2e-4 for LoRA, 2e-5 for full fine-tuning
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.05
-    lr_scheduler: str = "linear"  # any transformers.get_scheduler name
-    max_grad_norm: float = 1.0
-    batch_size: int = 4  # rows per device per micro-batch
-    grad_accum: int = 1
-    max_length: int = 1024  # longer examples are dropped (counted), never truncated
+    learning_rate: float | None = _opt(None, "default 2e-4 (LoRA) / 2e-5 (full)", group="schedule", aliases=("--lr",))
+    weight_decay: float = _opt(0.0, group="schedule")
+    warmup_ratio: float = _opt(0.05, group="schedule")
+    lr_scheduler: str = _opt("linear", "any transformers.get_scheduler name", group="schedule")
+    max_grad_norm: float = _opt(1.0, group="schedule")
+    batch_size: int = _opt(4, "rows per device per micro-batch", group="schedule")
+    grad_accum: int = _opt(1, group="schedule")
+    max_length: int = _opt(MAX_LENGTH, "drop (never truncate) longer examples", group="data and model")
     # speed levers (the dolly recipe: batching=padded, loss=full)
-    batching: str = "grouped"  # grouped (length-grouped, minimal padding) | padded (random order)
-    loss: str = "completion"  # completion (logits only where labels count) | full (HF loss on all logits)
-    gradient_checkpointing: bool = False
+    batching: str = _opt("grouped", "grouped: length-grouped batches (minimal padding); padded: random order "
+                         "(the dolly recipe)", group="speed", choices=("grouped", "padded"))
+    loss: str = _opt("completion", "completion: logits only at completion positions; full: all logits "
+                     "(the dolly recipe)", group="speed", choices=("completion", "full"))
+    gradient_checkpointing: bool = _opt(False, group="speed")
     # evaluation / checkpoints / logging
-    eval_steps: int = 0  # 0: evaluate only at the end
-    eval_max_rows: int | None = None  # evals use only the first N test rows (None: all)
-    keep_best: bool = True  # publish the weights with the lowest eval loss (else the last step's)
-    save_steps: int = 50  # 0: no intermediate checkpoints
-    save_total_limit: int = 2
-    resume: bool = False  # pick up the last complete checkpoint in output_dir (if any)
-    log_steps: int = 1
+    eval_steps: int = _opt(0, "evaluate every N steps (0: only at the end)", group="eval, checkpoints, logging")
+    eval_max_rows: int | None = _opt(None, "evaluate on the first N test rows only (None: all)",
+                                     group="eval, checkpoints, logging")
+    keep_best: bool = _opt(True, "publish the weights with the lowest eval loss (else the last step's)",
+                           group="eval, checkpoints, logging")
+    save_steps: int = _opt(50, "checkpoint every N steps (0: never)", group="eval, checkpoints, logging")
+    save_total_limit: int = _opt(2, group="eval, checkpoints, logging")
+    resume: bool = _opt(False, "pick up the last complete checkpoint in output_dir (if any)",
+                        group="eval, checkpoints, logging")
+    log_steps: int = _opt(1, group="eval, checkpoints, logging")
     # hardware
-    device: str = "auto"  # auto | cpu | cuda
-    precision: str = "auto"  # auto | fp32 | fp16 | bf16
-    deepspeed: str | None = None  # path to a DeepSpeed json config
-    seed: int = 42
-    num_threads: int | None = None  # torch intra-op threads on CPU
-    merge: bool = True  # LoRA: also write merged full weights to output_dir/model
-    extra: dict[str, Any] = field(default_factory=dict)  # free-form, recorded in metrics.json
+    device: str = _opt("auto", group="hardware", choices=("auto", "cpu", "cuda"))
+    precision: str = _opt("auto", group="hardware", choices=("auto", "fp32", "fp16", "bf16"))
+    deepspeed: str | None = _opt(None, "DeepSpeed json config (see garden_assets.training.deepspeed)",
+                                 group="hardware")
+    seed: int = _opt(42, group="schedule")
+    num_threads: int | None = _opt(None, "torch intra-op threads on CPU", group="speed")
+    merge: bool = _opt(True, "LoRA: also write merged full weights to output_dir/model", group="method")
+    extra: dict[str, Any] = _opt(help="JSON object recorded in metrics.json", group="hardware", default_factory=dict)
 
     def __post_init__(self) -> None:
-        checks = {
-            "method": ("lora", "full"),
-            "batching": ("grouped", "padded"),
-            "loss": ("completion", "full"),
-            "device": ("auto", "cpu", "cuda"),
-            "precision": ("auto", "fp32", "fp16", "bf16"),
-        }
-        for name, allowed in checks.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        for f in dataclasses.fields(self):
+            allowed = f.metadata.get("choices")
+            if allowed and getattr(self, f.name) not in allowed:
+                raise ValueError(f"{f.name} must be one of {allowed}, got {getattr(self, f.name)!r}")
         for name in ("batch_size", "grad_accum", "max_length", "lora_r", "log_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be ≥ 1")
@@ -110,81 +129,67 @@ class TrainConfig:
 
     # -- CLI ----------------------------------------------------------------------------------------------
     def to_argv(self) -> list[str]:
-        """Arguments for ``python -m garden_assets.training`` that rebuild this config."""
+        """Arguments for ``python -m garden_assets.training`` that rebuild this config (defaults left out: the
+        parser has none of its own, so an omitted flag is the dataclass default)."""
         argv: list[str] = []
-        defaults = {f.name: f.default for f in dataclasses.fields(self) if f.default is not dataclasses.MISSING}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            flag = "--" + f.name.replace("_", "-")
-            if f.name == "extra":
-                if value:
-                    argv += [flag, json.dumps(value)]
+            if value == _default(f):
                 continue
-            if f.name in defaults and value == defaults[f.name]:
-                continue
+            flag = _flag(f.name)
             if isinstance(value, bool):
-                argv.append(flag if value else "--no-" + f.name.replace("_", "-"))
+                argv.append(flag if value else "--no-" + flag[2:])
             elif isinstance(value, list):
                 argv += [flag, ",".join(value)]
+            elif isinstance(value, dict):
+                argv += [flag, json.dumps(value)]
             elif value is not None:
                 argv += [flag, str(value)]
         return argv
 
 
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return f.default
+
+
+def _comma_list(text: str) -> list[str]:
+    return [t for t in text.split(",") if t]
+
+
+_PARSE = {"str": str, "int": int, "float": float, "list[str]": _comma_list, "dict[str, Any]": json.loads}
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """One flag per `TrainConfig` field, typed by its annotation, with the help and choices of its metadata.
+
+    No flag has a default of its own (an unset flag is left out and the dataclass default applies), so the
+    parser and the dataclass cannot drift apart."""
     parser = argparse.ArgumentParser(
         prog="python -m garden_assets.training",
         description="Fine-tune a causal LM on Dolly-format train.jsonl/test.jsonl (LoRA or full). Runs standalone, "
         "under `accelerate launch` / `deepspeed`, and reports to Dagster through dagster-pipes when launched by it.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        argument_default=argparse.SUPPRESS,
     )
-    g = parser.add_argument_group("data and model")
-    g.add_argument("--train-file", required=True, help="train.jsonl (prompt, completion columns)")
-    g.add_argument("--test-file", help="test.jsonl for eval loss")
-    g.add_argument("--base-model", required=True, help="checkpoint directory of the base model")
-    g.add_argument("--output-dir", required=True, help="adapter/, model/, checkpoints/, training_log.jsonl")
-    g.add_argument("--max-length", type=int, default=1024, help="drop (never truncate) longer examples")
-    g = parser.add_argument_group("method")
-    g.add_argument("--method", choices=["lora", "full"], default="lora")
-    g.add_argument("--lora-r", type=int, default=8)
-    g.add_argument("--lora-alpha", type=int, default=16)
-    g.add_argument("--lora-dropout", type=float, default=0.05)
-    g.add_argument("--lora-targets", help="comma list; default q_proj,v_proj on CPU, all-linear on GPU")
-    g.add_argument("--no-merge", dest="merge", action="store_false", help="LoRA: skip writing merged weights")
-    g = parser.add_argument_group("schedule")
-    g.add_argument("--epochs", type=float, default=1.0)
-    g.add_argument("--max-steps", type=int, help="optimizer steps; overrides --epochs")
-    g.add_argument("--max-train-tokens", type=int, help="token budget (non-pad tokens)")
-    g.add_argument("--max-train-seconds", type=float, help="time budget: stop once training steps took this long")
-    g.add_argument("--learning-rate", "--lr", type=float, help="default 2e-4 (LoRA) / 2e-5 (full)")
-    g.add_argument("--weight-decay", type=float, default=0.0)
-    g.add_argument("--warmup-ratio", type=float, default=0.05)
-    g.add_argument("--lr-scheduler", default="linear")
-    g.add_argument("--max-grad-norm", type=float, default=1.0)
-    g.add_argument("--batch-size", type=int, default=4, help="rows per device per micro-batch")
-    g.add_argument("--grad-accum", type=int, default=1)
-    g.add_argument("--seed", type=int, default=42)
-    g = parser.add_argument_group("speed")
-    g.add_argument("--batching", choices=["grouped", "padded"], default="grouped",
-                   help="grouped: length-grouped batches; padded: random order (the dolly recipe)")
-    g.add_argument("--loss", choices=["completion", "full"], default="completion",
-                   help="completion: logits only at completion positions; full: all logits (the dolly recipe)")
-    g.add_argument("--gradient-checkpointing", action="store_true")
-    g.add_argument("--num-threads", type=int, help="torch threads on CPU")
-    g = parser.add_argument_group("eval, checkpoints, logging")
-    g.add_argument("--eval-steps", type=int, default=0, help="0: only at the end")
-    g.add_argument("--eval-max-rows", type=int, help="evaluate on the first N test rows only")
-    g.add_argument("--no-keep-best", dest="keep_best", action="store_false",
-                   help="publish the last step's weights instead of those with the lowest eval loss")
-    g.add_argument("--save-steps", type=int, default=50, help="checkpoint every N steps (0: never)")
-    g.add_argument("--save-total-limit", type=int, default=2)
-    g.add_argument("--resume", action="store_true", help="resume from the last complete checkpoint, if any")
-    g.add_argument("--log-steps", type=int, default=1)
-    g = parser.add_argument_group("hardware")
-    g.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    g.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"], default="auto")
-    g.add_argument("--deepspeed", help="DeepSpeed json config (see garden_assets.training.deepspeed)")
-    g.add_argument("--extra", type=json.loads, default={}, help="JSON object recorded in metrics.json")
+    groups = {name: parser.add_argument_group(name) for name in GROUPS}
+    for f in dataclasses.fields(TrainConfig):
+        meta, default = f.metadata, _default(f)
+        required = default is dataclasses.MISSING
+        shown = "" if required or default is None or default in ({}, "") else f" (default: {default})"
+        kwargs: dict[str, Any] = {"dest": f.name, "help": (meta["help"] + shown).strip() or None}
+        kind = str(f.type).removesuffix(" | None")
+        if kind == "bool":
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs.update(type=_PARSE[kind], required=required)
+            if meta["choices"]:
+                kwargs["choices"] = meta["choices"]
+        groups[meta["group"]].add_argument(_flag(f.name), *meta["aliases"], **kwargs)
     # the deepspeed launcher appends --local_rank=N; accelerate reads LOCAL_RANK from the environment instead
     parser.add_argument("--local_rank", "--local-rank", type=int, default=-1, help=argparse.SUPPRESS)
     return parser

@@ -14,6 +14,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..files import write_json_atomic
+
 AUTO = "auto"
 # fp32 master weights + Adam moments (12 B/param) + bf16/fp16 weights and grads (4 B/param), all sharded by ZeRO-3
 _BYTES_PER_PARAM_FULL = 16
@@ -139,12 +141,7 @@ def fill_auto(
 
 def write_deepspeed_config(config: dict[str, Any], path: str | os.PathLike[str]) -> Path:
     """Write the json atomically (tmp + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(config, indent=2) + "\n")
-    os.replace(tmp, path)
-    return path
+    return write_json_atomic(path, config)
 
 
 def load_deepspeed_config(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -12,6 +12,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..files import write_atomic
+
 log = logging.getLogger("garden_assets.training")
 
 LOG_FILE = "training_log.jsonl"
@@ -59,10 +61,7 @@ class Reporter:
         if not self.enabled:
             return
         kept = [r for r in self.read_log() if r.get("step", 0) <= last_step]
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.log_path.with_name(f".{LOG_FILE}.tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-        os.replace(tmp, self.log_path)
+        write_atomic(self.log_path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def record(self, entry: dict[str, Any]) -> None:
         """Append one log entry; mirror it to Dagster as a custom message."""

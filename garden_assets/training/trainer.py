@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from garden_assets.files import publish_dir, update_sha256, write_json_atomic
 from garden_assets.llm.models import run_output_path
 from garden_assets.training import checkpoint as ckpt
 from garden_assets.training.config import TrainConfig
@@ -104,10 +105,7 @@ def _resolve_precision(precision: str, device: str, ds_config: dict | None) -> s
 
 def _fingerprint(cfg: TrainConfig, world_size: int) -> str:
     """Identity of a run: data + everything that shapes the batch plan and the optimisation."""
-    h = hashlib.sha256()
-    with open(cfg.train_file, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
+    h = update_sha256(hashlib.sha256(), cfg.train_file)
     keys = ("base_model", "method", "lora_r", "lora_alpha", "lora_dropout", "lora_targets", "epochs", "max_steps",
             "max_train_tokens", "max_train_seconds", "keep_best", "learning_rate", "weight_decay", "warmup_ratio", "lr_scheduler", "batch_size",
             "grad_accum", "max_length", "batching", "seed")
@@ -143,23 +141,6 @@ def _finished_run(out: Path, fingerprint: str) -> dict | None:
     if metrics.get("fingerprint") != fingerprint or not run_output_path(out, metrics.get("model_dir")).is_dir():
         return None
     return metrics
-
-
-def _publish_dir(tmp: Path, dest: Path) -> Path:
-    """Swap a finished directory into place (the old one is removed only after the new one is there)."""
-    old = dest.with_name(f".{dest.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if dest.exists():
-        os.rename(dest, old)
-    os.rename(tmp, dest)
-    shutil.rmtree(old, ignore_errors=True)
-    return dest
-
-
-def _write_json_atomic(data: dict, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
 
 
 def _to_device(batch: dict, device) -> dict:
@@ -267,33 +248,109 @@ def train(cfg: TrainConfig) -> TrainResult:
     return result
 
 
+@dataclass
+class _Run:
+    """What every step of a run shares: the settings, the accelerator, the reporter and where it writes."""
+
+    cfg: TrainConfig
+    accelerator: Any
+    reporter: Reporter
+    device: str
+    precision: str
+    use_ds: bool
+    fingerprint: str = ""
+    started: float = field(default_factory=time.time)
+
+    @property
+    def out(self) -> Path:
+        return Path(self.cfg.output_dir)
+
+    @property
+    def main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    @property
+    def world(self) -> int:
+        return self.accelerator.num_processes
+
+
+@dataclass
+class _Model:
+    model: Any
+    tokenizer: Any
+    trainable: list
+    total_params: int
+    trainable_params: int
+    logits_mask: bool
+
+
+@dataclass
+class _Data:
+    train: list[Example]
+    test: list[Example]
+    dropped_train: int
+    dropped_test: int
+    plan: list  # the optimizer steps (training.data.plan_steps)
+    eval_subset: list[Example]
+    pad_id: int
+    pad_multiple: int | None
+
+
+@dataclass
+class _Progress:
+    """Where the run stands: steps and tokens done, seconds of training (a time budget reads them)."""
+
+    step: int = 0
+    tokens: int = 0
+    train_time: float = 0.0
+    step_start: float | None = None  # perf_counter at the start of the step in progress
+    last_loss: float = float("nan")
+    resumed_from: str | None = None
+
+    def seconds_trained(self) -> float:
+        """Including the step in progress (the scheduler steps before it ends)."""
+        return self.train_time + (time.perf_counter() - self.step_start if self.step_start is not None else 0.0)
+
+
 def _run(cfg: TrainConfig, accelerator, reporter: Reporter, device: str, precision: str, use_ds: bool) -> TrainResult:
-    import torch
+    """The run as named steps: build the model, load the data, set up optimisation, resume, train, finish."""
     from accelerate.utils import set_seed
-    from transformers import AutoModelForCausalLM, get_scheduler
+
+    run = _Run(cfg, accelerator, reporter, device, precision, use_ds)
+    if run.main:
+        run.out.mkdir(parents=True, exist_ok=True)
+    set_seed(cfg.seed)
+    run.fingerprint = _fingerprint(cfg, run.world)
+    if cfg.resume and (done := _finished_run(run.out, run.fingerprint)) is not None:
+        reporter.info(f"{run.out} already holds this finished run (same data and settings): nothing to do")
+        reporter.finish(done)
+        return TrainResult(run.out, run_output_path(run.out, done["model_dir"]),
+                           run_output_path(run.out, done["adapter_dir"]) if done.get("adapter_dir") else None,
+                           run.out / LOG_FILE, done)
+    reporter.info(f"trainer: {cfg.method} on {device} × {run.world} ({precision}{', deepspeed' if use_ds else ''}), "
+                  f"base {cfg.base_model}")
+    built = _build_model(cfg, device)
+    data = _load_data(cfg, built.tokenizer, run.world)
+    reporter.info(f"data: {len(data.train)} train rows ({data.dropped_train} dropped > {cfg.max_length} tokens), "
+                  f"{len(data.test)} test rows; {len(data.plan)} steps, {sum(s.tokens for s in data.plan)} tokens; "
+                  f"params {built.total_params:,} ({built.trainable_params:,} trainable); "
+                  f"logits mask: {built.logits_mask}")
+    progress = _Progress()
+    optimizer, scheduler = _optimisation(cfg, built.trainable, len(data.plan), progress)
+    model, optimizer, scheduler = accelerator.prepare(built.model, optimizer, scheduler)
+    unwrapped = accelerator.unwrap_model(model)
+    _resume(run, unwrapped, optimizer, scheduler, progress, len(data.plan))
+    best = _train_loop(run, model, unwrapped, optimizer, scheduler, built, data, progress)
+    return _finish(run, model, unwrapped, built, data, progress, best)
+
+
+def _build_model(cfg: TrainConfig, device: str) -> _Model:
+    """The base model in fp32 (accelerate casts for mixed precision), with LoRA adapters for ``method=lora``."""
+    import torch
+    from transformers import AutoModelForCausalLM
 
     from garden_assets.llm.models import load_tokenizer
 
-    main = accelerator.is_main_process
-    world, rank = accelerator.num_processes, accelerator.process_index
-    out = Path(cfg.output_dir)
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-    set_seed(cfg.seed)
-    started = time.time()
-    fingerprint = _fingerprint(cfg, world)
-    if cfg.resume:
-        done = _finished_run(out, fingerprint)
-        if done is not None:
-            reporter.info(f"{out} already holds this finished run (same data and settings): nothing to do")
-            reporter.finish(done)
-            return TrainResult(out, run_output_path(out, done["model_dir"]),
-                               run_output_path(out, done["adapter_dir"]) if done.get("adapter_dir") else None,
-                               out / LOG_FILE, done)
-    reporter.info(f"trainer: {cfg.method} on {device} × {world} ({precision}{', deepspeed' if use_ds else ''}), "
-                  f"base {cfg.base_model}")
-
-    # -- model -----------------------------------------------------------------------------------------------------
     tokenizer = load_tokenizer(cfg.base_model)
     model = AutoModelForCausalLM.from_pretrained(cfg.base_model, dtype=torch.float32)
     model.config.use_cache = False
@@ -306,111 +363,117 @@ def _run(cfg: TrainConfig, accelerator, reporter: Reporter, device: str, precisi
         lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                           target_modules=cfg.resolved_lora_targets(device), task_type="CAUSAL_LM")
         model = get_peft_model(model, lora)
-    logits_mask = supports_logits_mask(model)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    trainable_params = _count(trainable)
+    return _Model(model, tokenizer, trainable, total_params, _count(trainable), supports_logits_mask(model))
 
-    # -- data ------------------------------------------------------------------------------------------------------
-    train_examples, dropped_train = load_examples(cfg.train_file, tokenizer, cfg.max_length)
-    test_examples, dropped_test = (load_examples(cfg.test_file, tokenizer, cfg.max_length)
-                                   if cfg.test_file else ([], 0))
-    plan = plan_steps(train_examples, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, world_size=world,
+
+def _load_data(cfg: TrainConfig, tokenizer, world: int) -> _Data:
+    """Tokenized train/test examples (longer than max_length: dropped, counted) and the plan of steps."""
+    train, dropped_train = load_examples(cfg.train_file, tokenizer, cfg.max_length)
+    test, dropped_test = load_examples(cfg.test_file, tokenizer, cfg.max_length) if cfg.test_file else ([], 0)
+    plan = plan_steps(train, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, world_size=world,
                       seed=cfg.seed, grouped=cfg.batching == "grouped", epochs=cfg.epochs,
                       max_steps=cfg.max_steps, max_train_tokens=cfg.max_train_tokens)
-    total_steps = len(plan)
-    pad_id = tokenizer.pad_token_id
-    pad_multiple = 8 if cfg.batching == "padded" else None  # the dolly recipe pads to a multiple of 8
-    eval_subset = test_examples[: cfg.eval_max_rows] if cfg.eval_max_rows else test_examples
-    reporter.info(f"data: {len(train_examples)} train rows ({dropped_train} dropped > {cfg.max_length} tokens), "
-                  f"{len(test_examples)} test rows; {total_steps} steps, {sum(s.tokens for s in plan)} tokens; "
-                  f"params {total_params:,} ({trainable_params:,} trainable); logits mask: {logits_mask}")
+    return _Data(train, test, dropped_train, dropped_test, plan,
+                 eval_subset=test[: cfg.eval_max_rows] if cfg.eval_max_rows else test,
+                 pad_id=tokenizer.pad_token_id,
+                 pad_multiple=8 if cfg.batching == "padded" else None)  # the dolly recipe pads to a multiple of 8
 
-    # -- optimisation ------------------------------------------------------------------------------------------------
+
+def _optimisation(cfg: TrainConfig, trainable: list, total_steps: int, progress: _Progress):
+    """AdamW and its schedule: over the time budget when there is one (the step count is unknown up front)."""
+    import torch
+    from transformers import get_scheduler
+
     optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    clock = {"train_time": 0.0, "step_start": None}  # training seconds so far, read by a time-budget schedule
-
-    def seconds_trained() -> float:  # including the step in progress (the scheduler steps before it ends)
-        start = clock["step_start"]
-        return clock["train_time"] + (time.perf_counter() - start if start is not None else 0.0)
-
-    if cfg.max_train_seconds is not None:  # the step count is unknown up front: warm up and decay over the budget
+    if cfg.max_train_seconds is not None:  # warm up and decay over the budget
         scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda _: _budget_lr_factor(seconds_trained() / cfg.max_train_seconds, cfg.warmup_ratio))
+            optimizer, lambda _: _budget_lr_factor(progress.seconds_trained() / cfg.max_train_seconds,
+                                                   cfg.warmup_ratio))
     else:
         scheduler = get_scheduler(cfg.lr_scheduler, optimizer,
                                   num_warmup_steps=int(cfg.warmup_ratio * total_steps),  # short runs: no step at lr 0
                                   num_training_steps=total_steps)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    unwrapped = accelerator.unwrap_model(model)
+    return optimizer, scheduler
 
-    # -- resume ------------------------------------------------------------------------------------------------------
-    start_step, tokens_seen, train_time, resumed_from = 0, 0, 0.0, None
+
+def _resume(run: _Run, unwrapped, optimizer, scheduler, progress: _Progress, total_steps: int) -> None:
+    """Pick up the last complete checkpoint of this run (same fingerprint), or clear the directory for a fresh one."""
+    cfg, out, accelerator, reporter = run.cfg, run.out, run.accelerator, run.reporter
     last = ckpt.last_checkpoint(out) if cfg.resume else None
     if last is not None:
         state = ckpt.read_state(last)
-        if state.get("fingerprint") != fingerprint:
+        if state.get("fingerprint") != run.fingerprint:
             reporter.warning(f"{last} belongs to a different run (data or settings changed): starting fresh")
             last = None
     if last is None:
         accelerator.wait_for_everyone()
-        if main:  # a fresh run: stale checkpoints and log entries must not mix with it
+        if run.main:  # a fresh run: stale checkpoints and log entries must not mix with it
             ckpt.clear(out)
             (out / LOG_FILE).unlink(missing_ok=True)
         accelerator.wait_for_everyone()
     else:
-        if use_ds:
+        if run.use_ds:
             accelerator.load_state(str(last / "accelerate"))
         else:
             ckpt.load_trainable(unwrapped, optimizer, scheduler, last)
-        start_step, tokens_seen, train_time = state["step"], state["tokens"], state["train_time_s"]
-        clock["train_time"] = train_time
-        resumed_from = str(last)
-        reporter.truncate_log(start_step)
-        reporter.info(f"resumed from {last} (step {start_step}/{total_steps})")
-
-    if main:  # from here on the directory holds an unfinished run
+        progress.step, progress.tokens, progress.train_time = state["step"], state["tokens"], state["train_time_s"]
+        progress.resumed_from = str(last)
+        reporter.truncate_log(progress.step)
+        reporter.info(f"resumed from {last} (step {progress.step}/{total_steps})")
+    if run.main:  # from here on the directory holds an unfinished run
         (out / METRICS_FILE).unlink(missing_ok=True)
 
-    def save_checkpoint(step: int) -> None:
-        accelerator.wait_for_everyone()
-        tmp = ckpt.checkpoints_dir(out) / f"checkpoint-{step}.tmp"
-        if main:
-            ckpt.begin(out, step)
-        accelerator.wait_for_everyone()
-        if use_ds:
-            accelerator.save_state(str(tmp / "accelerate"))  # every rank writes its ZeRO shard
-        elif main:
-            ckpt.save_trainable(unwrapped, optimizer, scheduler, tmp)
-        accelerator.wait_for_everyone()
-        if main:
-            state = {"step": step, "tokens": tokens_seen, "train_time_s": train_time, "fingerprint": fingerprint,
-                     "total_steps": total_steps, "world_size": world}
-            ckpt.commit(tmp, state, cfg.save_total_limit)
-            reporter.info(f"checkpoint: step {step}")
 
-    # -- loop --------------------------------------------------------------------------------------------------------
+def _save_checkpoint(run: _Run, unwrapped, optimizer, scheduler, progress: _Progress, total_steps: int) -> None:
+    """Every rank's state at ``progress.step`` into ``checkpoints/checkpoint-N`` (written to a tmp dir, committed)."""
+    accelerator, out, step = run.accelerator, run.out, progress.step
+    accelerator.wait_for_everyone()
+    tmp = ckpt.checkpoints_dir(out) / f"checkpoint-{step}.tmp"
+    if run.main:
+        ckpt.begin(out, step)
+    accelerator.wait_for_everyone()
+    if run.use_ds:
+        accelerator.save_state(str(tmp / "accelerate"))  # every rank writes its ZeRO shard
+    elif run.main:
+        ckpt.save_trainable(unwrapped, optimizer, scheduler, tmp)
+    accelerator.wait_for_everyone()
+    if run.main:
+        state = {"step": step, "tokens": progress.tokens, "train_time_s": progress.train_time,
+                 "fingerprint": run.fingerprint, "total_steps": total_steps, "world_size": run.world}
+        ckpt.commit(tmp, state, run.cfg.save_total_limit)
+        run.reporter.info(f"checkpoint: step {step}")
+
+
+def _train_loop(run: _Run, model, unwrapped, optimizer, scheduler, built: _Model, data: _Data,
+                progress: _Progress) -> "_BestWeights":
+    """The optimizer steps from ``progress.step`` on (until the plan or the time budget ends), with periodic
+    evals, log entries and checkpoints; returns the best weights seen (by eval loss)."""
+    import torch
+
+    cfg, accelerator, reporter = run.cfg, run.accelerator, run.reporter
+    world, rank, total_steps = run.world, accelerator.process_index, len(data.plan)
     model.train()
-    last_loss, last_eval = float("nan"), None
-    best = _BestWeights(enabled=cfg.keep_best and not use_ds)  # ZeRO-3 shards the weights: publish the last ones
-    steps_done = start_step
-    for step in range(start_step + 1, total_steps + 1):
-        if cfg.max_train_seconds is not None and train_time >= cfg.max_train_seconds:
-            reporter.info(f"time budget reached: {train_time:.0f} s of training ≥ {cfg.max_train_seconds:.0f} s, "
-                          f"stopping after step {step - 1} of {total_steps}")
+    best = _BestWeights(enabled=cfg.keep_best and not run.use_ds)  # ZeRO-3 shards the weights: publish the last ones
+    for step in range(progress.step + 1, total_steps + 1):
+        if cfg.max_train_seconds is not None and progress.train_time >= cfg.max_train_seconds:
+            reporter.info(f"time budget reached: {progress.train_time:.0f} s of training ≥ "
+                          f"{cfg.max_train_seconds:.0f} s, stopping after step {step - 1} of {total_steps}")
             break
-        sp = plan[step - 1]
+        sp = data.plan[step - 1]
         lr = scheduler.get_last_lr()[0]  # the rate this step trains with
-        t0 = clock["step_start"] = time.perf_counter()
+        t0 = progress.step_start = time.perf_counter()
         local = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
         for micro in sp.micro[rank::world]:
-            batch = _to_device(collate([train_examples[i] for i in micro], pad_id, pad_multiple), accelerator.device)
+            batch = _to_device(collate([data.train[i] for i in micro], data.pad_id, data.pad_multiple),
+                               accelerator.device)
             with accelerator.accumulate(model):
-                loss, count = loss_sum(model, batch, cfg.loss, logits_mask)
+                loss, count = loss_sum(model, batch, cfg.loss, built.logits_mask)
                 # token-weighted mean over the whole step (all micro-batches, all ranks): accelerate/DeepSpeed
                 # divide by grad_accum and DDP/ZeRO average over ranks, so undo both here
                 accelerator.backward(loss * (world * cfg.grad_accum / sp.loss_tokens))
                 if accelerator.sync_gradients:
-                    if cfg.max_grad_norm and not use_ds:  # DeepSpeed clips from its config
+                    if cfg.max_grad_norm and not run.use_ds:  # DeepSpeed clips from its config
                         accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
                     optimizer.step()
                     scheduler.step()
@@ -419,60 +482,69 @@ def _run(cfg: TrainConfig, accelerator, reporter: Reporter, device: str, precisi
         if world > 1:
             local = accelerator.reduce(local, reduction="sum")
         step_time = time.perf_counter() - t0
-        train_time += step_time
-        clock.update(train_time=train_time, step_start=None)
-        tokens_seen += sp.tokens
-        steps_done = step
-        last_loss = float(local[0] / local[1])
+        progress.train_time += step_time
+        progress.step_start = None
+        progress.tokens += sp.tokens
+        progress.step = step
+        progress.last_loss = float(local[0] / local[1])
         if _STEP_SLEEP:  # test hook: slow steps down so a test can kill the run between checkpoints
             time.sleep(_STEP_SLEEP)
 
         entry: dict[str, Any] = {}
-        if cfg.eval_steps and step % cfg.eval_steps == 0 and step < total_steps and eval_subset:
-            last_eval = evaluate(model, eval_subset, batch_size=cfg.batch_size * 2, pad_id=pad_id,
-                                 accelerator=accelerator, logits_mask=logits_mask)
-            best.offer(last_eval, step, unwrapped)
-            entry["eval_loss"] = last_eval
+        if cfg.eval_steps and step % cfg.eval_steps == 0 and step < total_steps and data.eval_subset:
+            eval_loss = evaluate(model, data.eval_subset, batch_size=cfg.batch_size * 2, pad_id=data.pad_id,
+                                 accelerator=accelerator, logits_mask=built.logits_mask)
+            best.offer(eval_loss, step, unwrapped)
+            entry["eval_loss"] = eval_loss
         if step % cfg.log_steps == 0 or step == total_steps or entry:
-            entry = {"step": step, "epoch": sp.epoch, "train_loss": last_loss, **entry,
-                     "lr": lr, "tokens": tokens_seen, "step_tokens": sp.tokens,
-                     "step_time_s": round(step_time, 4), "tokens_per_s": tokens_seen / max(train_time, 1e-9),
-                     "elapsed_s": round(time.time() - started, 2)}
+            entry = {"step": step, "epoch": sp.epoch, "train_loss": progress.last_loss, **entry,
+                     "lr": lr, "tokens": progress.tokens, "step_tokens": sp.tokens,
+                     "step_time_s": round(step_time, 4),
+                     "tokens_per_s": progress.tokens / max(progress.train_time, 1e-9),
+                     "elapsed_s": round(time.time() - run.started, 2)}
             reporter.record(entry)
         if cfg.save_steps and step % cfg.save_steps == 0 and step < total_steps:
-            save_checkpoint(step)
+            _save_checkpoint(run, unwrapped, optimizer, scheduler, progress, total_steps)
+    return best
 
-    # -- final eval and outputs ----------------------------------------------------------------------------------------
+
+def _finish(run: _Run, model, unwrapped, built: _Model, data: _Data, progress: _Progress,
+            best: "_BestWeights") -> TrainResult:
+    """The final eval, the published weights (the best by eval loss, else the last), metrics.json (which marks
+    the run finished) and the report to Dagster."""
+    cfg, accelerator, reporter, out = run.cfg, run.accelerator, run.reporter, run.out
+    steps_done, total_steps = progress.step, len(data.plan)
     final_eval = None
-    if eval_subset:
-        final_eval = evaluate(model, eval_subset, batch_size=cfg.batch_size * 2, pad_id=pad_id,
-                              accelerator=accelerator, logits_mask=logits_mask)
+    if data.eval_subset:
+        final_eval = evaluate(model, data.eval_subset, batch_size=cfg.batch_size * 2, pad_id=data.pad_id,
+                              accelerator=accelerator, logits_mask=built.logits_mask)
         best.offer(final_eval, steps_done, unwrapped)
         reporter.record({"step": steps_done, "eval_loss": final_eval, "final": True})
     published_step = best.restore(unwrapped) or steps_done
     if published_step != steps_done:
         reporter.info(f"publishing the weights of step {published_step} (eval loss {best.loss:.4f}; "
                       f"last step {steps_done}: {final_eval:.4f})")
-    model_dir, adapter_dir = _save_outputs(cfg, accelerator, model, unwrapped, tokenizer, use_ds)
+    model_dir, adapter_dir = _save_outputs(cfg, accelerator, model, unwrapped, built.tokenizer, run.use_ds)
+    tokens, train_time = progress.tokens, progress.train_time
     metrics = {
-        "method": cfg.method, "device": device, "precision": precision, "num_processes": world,
-        "deepspeed": use_ds, "steps": steps_done, "planned_steps": total_steps, "published_step": published_step,
-        "best_eval_loss": best.loss if best.step is not None else final_eval, "train_tokens": tokens_seen,
-        "train_time_s": round(train_time, 3), "tokens_per_s": tokens_seen / max(train_time, 1e-9),
-        "train_loss": last_loss, "eval_loss": final_eval,
-        "train_rows": len(train_examples), "test_rows": len(test_examples),
-        "dropped_train": dropped_train, "dropped_test": dropped_test,
-        "total_params": total_params, "trainable_params": trainable_params,
+        "method": cfg.method, "device": run.device, "precision": run.precision, "num_processes": run.world,
+        "deepspeed": run.use_ds, "steps": steps_done, "planned_steps": total_steps, "published_step": published_step,
+        "best_eval_loss": best.loss if best.step is not None else final_eval, "train_tokens": tokens,
+        "train_time_s": round(train_time, 3), "tokens_per_s": tokens / max(train_time, 1e-9),
+        "train_loss": progress.last_loss, "eval_loss": final_eval,
+        "train_rows": len(data.train), "test_rows": len(data.test),
+        "dropped_train": data.dropped_train, "dropped_test": data.dropped_test,
+        "total_params": built.total_params, "trainable_params": built.trainable_params,
         # training FLOPs/token, the MFU convention: 6N full; 4N LoRA (frozen weights get no weight gradients)
-        "model_flops_per_token": (6 if cfg.method == "full" else 4) * total_params,
+        "model_flops_per_token": (6 if cfg.method == "full" else 4) * built.total_params,
         "model_dir": model_dir.name, "adapter_dir": adapter_dir.name if adapter_dir else None,  # relative: movable
-        "resumed_from": resumed_from, "wall_time_s": round(time.time() - started, 2),
-        "batching": cfg.batching, "loss": cfg.loss, "fingerprint": fingerprint, "extra": cfg.extra,
+        "resumed_from": progress.resumed_from, "wall_time_s": round(time.time() - run.started, 2),
+        "batching": cfg.batching, "loss": cfg.loss, "fingerprint": run.fingerprint, "extra": cfg.extra,
     }
-    if main:
-        _write_json_atomic(metrics, out / METRICS_FILE)  # marks the run finished; checkpoints are no longer needed
+    if run.main:
+        write_json_atomic(out / METRICS_FILE, metrics)  # marks the run finished; checkpoints are no longer needed
         ckpt.clear(out)
-        reporter.info(f"done: {steps_done} steps, {tokens_seen} tokens, {metrics['tokens_per_s']:.1f} tokens/s, "
+        reporter.info(f"done: {steps_done} steps, {tokens} tokens, {metrics['tokens_per_s']:.1f} tokens/s, "
                       f"eval loss {final_eval}")
     reporter.finish(metrics)
     accelerator.wait_for_everyone()
@@ -497,7 +569,7 @@ def _save_outputs(cfg: TrainConfig, accelerator, model, unwrapped, tokenizer, us
             shutil.rmtree(tmp, ignore_errors=True)
             unwrapped.save_pretrained(tmp, state_dict=state_dict)
             tokenizer.save_pretrained(tmp)
-            _publish_dir(tmp, adapter_dir)
+            publish_dir(tmp, adapter_dir)
             if cfg.merge:
                 if use_ds:  # ZeRO-3 holds shards: merge into a freshly loaded, whole base instead
                     from peft import PeftModel
@@ -538,4 +610,4 @@ def _save_model(model, tokenizer, dest: Path, state_dict=None) -> None:
     model.config.use_cache = True
     model.save_pretrained(tmp, state_dict=state_dict)
     tokenizer.save_pretrained(tmp)
-    _publish_dir(tmp, dest)
+    publish_dir(tmp, dest)
