@@ -1,16 +1,22 @@
 """Ingestion assets: raw_posts[drop] → clean_posts[drop] → qa_pairs (all drops), with their checks."""
 
 
+import os
+from collections import Counter
+from pathlib import Path
+
 import dagster as dg
 import polars as pl
 
 from ..drops import content_hash, locate, site_of
-from ..stackexchange.qa import build_pairs, newest_posts
-from ..stackexchange.reader import DumpError, ReadStats, find_posts, read_posts
+from ..stackexchange.ingest import clean_tables, iter_raw, write_tables
+from ..stackexchange.qa import build_pairs, drop_rows, superseded_rows
+from ..stackexchange.reader import DumpError, ReadStats, find_posts
 from ..stackexchange.text import clean_posts as clean_frame
-from ..stackexchange.text import has_html
 from .metadata import counts, preview
-from .resources import GardenPaths
+from .resources import GardenPaths, StagedParquet, staging_path
+
+CLEAN_BATCH_ROWS = 1 << 14  # raw_posts rows cleaned per batch (a few MB of text)
 
 drops_partitions = dg.DynamicPartitionsDefinition(name="drops")
 
@@ -26,38 +32,62 @@ follow_upstream = dg.AutomationCondition.eager().without(~dg.AutomationCondition
     check_specs=[dg.AssetCheckSpec("unique_ids", asset="raw_posts", blocking=True, description="Post ids are unique within the drop.")],
 )
 def raw_posts(context: dg.AssetExecutionContext, paths: GardenPaths):
+    # Streamed through the `garden ingest` fast path (parallel byte ranges) into a staged Parquet file a table at a
+    # time, so memory stays a few ranges whatever the drop's size; the IO manager renames the file into place.
     stats = ReadStats()
+    key = context.partition_key
+    staged = staging_path(paths, f"raw_posts-{key}")
     try:
-        entry = locate(paths.drops_path, context.partition_key)
-        file, member = find_posts(entry)
-        site = site_of(entry, paths.drops_path)
-        df = read_posts(entry, drop=context.partition_key, stats=stats)
-    except DumpError as e:  # a bad drop: say which file and line, fail only this partition
-        raise dg.Failure(description=str(e), allow_retries=False) from None
-    if site.source == "default":
-        context.log.warning(f"drop {context.partition_key} names no site: taken as {site.name}; name it after its site "
-                            f"(beer.stackexchange.com.7z) or add a site.yaml (`site: beer.stackexchange.com`)")
-    df, duplicates = newest_posts(df, site.name)
-    if duplicates:
-        stats.skip("duplicate id (older row dropped)", str(file), n=duplicates)
-    if df.height == 0:
-        raise dg.Failure(f"{file}: no question or answer rows in this drop", metadata=_skips(stats))
-    for line in stats.examples[:10]:
-        context.log.warning(f"skipped {line}")
-    digest = content_hash(file)
-    yield dg.Output(
-        df,
-        metadata={
+        try:
+            entry = locate(paths.drops_path, key)
+            file, member = find_posts(entry)
+            site = site_of(entry, paths.drops_path)
+            written = write_tables(iter_raw(entry, stats, drop=key), staged, constants={"site": site.name})
+        except DumpError as e:  # a bad drop: say which file and line, fail only this partition
+            raise dg.Failure(description=str(e), allow_retries=False) from None
+        if site.source == "default":
+            context.log.warning(f"drop {key} names no site: taken as {site.name}; name it after its site "
+                                f"(beer.stackexchange.com.7z) or add a site.yaml (`site: beer.stackexchange.com`)")
+        if written["rows"] == 0:
+            raise dg.Failure(f"{file}: no question or answer rows in this drop", metadata=_skips(stats))
+        duplicates = _keep_newest(staged)
+        if duplicates:
+            stats.skip("duplicate id (older row dropped)", str(file), n=duplicates)
+        for line in stats.examples[:10]:
+            context.log.warning(f"skipped {line}")
+        stored = pl.scan_parquet(staged)
+        check = unique_ids_check(stored, ["site", "id"])
+        metadata = {
             "source": dg.MetadataValue.path(f"{file}!{member}" if member else str(file)),
-            "content_hash": digest,
+            "content_hash": content_hash(file),
             "site": site.name,
             "site_from": site.source,
-            **counts(rows=df.height, questions=stats.questions, answers=stats.answers),
+            **counts(rows=written["rows"] - duplicates, questions=stats.questions, answers=stats.answers),
             **_skips(stats),
-            "preview": preview(df, ["id", "post_type", "parent_id", "score", "title", "tags", "last_activity_date"]),
-        },
-    )
-    yield unique_ids_check(df, ["site", "id"])
+            "preview": preview(stored.head(5).collect(), ["id", "post_type", "parent_id", "score", "title", "tags", "last_activity_date"]),
+        }
+        output = StagedParquet.of(staged)
+    except BaseException:
+        staged.unlink(missing_ok=True)
+        raise
+    yield dg.Output(output, metadata=metadata)
+    yield check
+
+
+def _keep_newest(staged: Path) -> int:
+    """Keep one row per post id in a staged drop (the newest wins, as in ``qa.newest_posts``); returns the rows
+    dropped. Only the key columns are read to find them; the rewrite, if any, streams (file order kept)."""
+    stored = pl.scan_parquet(staged)
+    gone = superseded_rows(stored, key=["id"], newest=("last_activity_date",))  # one drop, one site
+    if gone.is_empty():
+        return 0
+    tmp = staged.with_name(f"{staged.name}.newest")
+    try:
+        drop_rows(stored, gone).sink_parquet(tmp, compression="zstd")
+        os.replace(tmp, staged)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return len(gone)
 
 
 def _skips(stats: ReadStats) -> dict:
@@ -81,19 +111,29 @@ class CleanConfig(dg.Config):
     description="raw_posts with HTML turned into text, filtered by score and length (as in the talk).",
     check_specs=[dg.AssetCheckSpec("plain_text", asset="clean_posts", blocking=True, description="No HTML tags are left in any text; ids unique.")],
 )
-def clean_posts(config: CleanConfig, raw_posts: pl.DataFrame):
-    df, c = clean_frame(raw_posts, min_score=config.min_score, max_body_chars=config.max_body_chars)
-    yield dg.Output(
-        df,
-        metadata={
-            **counts(**{k: v for k, v in c.items()}),
+def clean_posts(context: dg.AssetExecutionContext, config: CleanConfig, paths: GardenPaths, raw_posts: pl.LazyFrame):
+    # raw_posts is scanned, not loaded: batches are cleaned in threads and written one by one to a staged file.
+    staged = staging_path(paths, f"clean_posts-{context.partition_key}")
+    c = Counter(dict.fromkeys(["rows_in", "removed_empty_text", "removed_min_score", "removed_max_body_chars",
+                               "rows_out", "rows_with_html"], 0))
+    try:
+        batches = raw_posts.collect_batches(chunk_size=CLEAN_BATCH_ROWS, engine="streaming")
+        empty = clean_frame(raw_posts.head(0).collect())[0].to_arrow().schema
+        write_tables(clean_tables(batches, c, config.min_score, config.max_body_chars), staged, schema=empty)
+        stored = pl.scan_parquet(staged)
+        check = unique_ids_check(stored, ["site", "id"], check_name="plain_text", rows_with_html=c.pop("rows_with_html"))
+        metadata = {
+            **counts(**c),
             "min_score": config.min_score,
             "max_body_chars": config.max_body_chars,
-            "preview": preview(df, ["id", "post_type", "score", "title", "text"]),
-        },
-    )
-    tagged = df.filter(pl.col("text").map_elements(has_html, return_dtype=pl.Boolean))
-    yield unique_ids_check(df, ["site", "id"], check_name="plain_text", rows_with_html=tagged.height)
+            "preview": preview(stored.head(5).collect(), ["id", "post_type", "score", "title", "text"]),
+        }
+        output = StagedParquet.of(staged)
+    except BaseException:
+        staged.unlink(missing_ok=True)
+        raise
+    yield dg.Output(output, metadata=metadata)
+    yield check
 
 
 @dg.asset(
@@ -104,16 +144,17 @@ def clean_posts(config: CleanConfig, raw_posts: pl.DataFrame):
     description="One row per answer joined to its question, over all drops; the newest version of a post wins.",
     check_specs=[dg.AssetCheckSpec("complete_pairs", asset="qa_pairs", blocking=True, description="Every pair has a non-empty instruction and response; answer ids unique.")],
 )
-def qa_pairs(context: dg.AssetExecutionContext, clean_posts):
-    # The IO manager hands over a dict of partition → frame, or a bare frame when only one drop exists.
-    by_drop = clean_posts if isinstance(clean_posts, dict) else {context.asset_partition_keys_for_input("clean_posts")[0]: clean_posts}
-    frames = [df for df in by_drop.values() if df.height]
-    if not frames:
-        raise dg.Failure("no cleaned posts in any drop: materialize raw_posts/clean_posts for a drop first")
-    old = sorted(k for k, df in by_drop.items() if "site" not in df.columns)
+def qa_pairs(context: dg.AssetExecutionContext, clean_posts: dict[str, pl.LazyFrame]):
+    # The IO manager hands over scans (partition → LazyFrame): the drops are joined by polars' streaming engine,
+    # never all loaded first.
+    by_drop = clean_posts
+    old = sorted(k for k, lf in by_drop.items() if "site" not in lf.collect_schema().names())
     if old:  # an older home (one site for all drops): never guess, rebuild
         raise dg.Failure(f"clean_posts of drops {old} predate per-site post ids (no site column): re-materialize "
                          f"raw_posts and clean_posts for them (`make run` does), then qa_pairs")
+    frames = [by_drop[k] for k in sorted(by_drop)]  # a fixed order: same drops, same file
+    if not frames or not pl.concat([lf.select(pl.len()) for lf in frames]).sum().collect().item():
+        raise dg.Failure("no cleaned posts in any drop: materialize raw_posts/clean_posts for a drop first")
     pairs, stats = build_pairs(pl.concat(frames, how="vertical_relaxed"))
     context.log.info(f"pairs from drops {sorted(by_drop)}: {stats}")
     yield dg.Output(
@@ -128,11 +169,13 @@ def qa_pairs(context: dg.AssetExecutionContext, clean_posts):
     yield unique_ids_check(pairs, ["site", "answer_id"], check_name="complete_pairs", empty_rows=empty.height)
 
 
-def unique_ids_check(df: pl.DataFrame, key: list[str], check_name: str = "unique_ids", **failures: int):
-    """Passes when the ``key`` columns are unique together and every other named failure count is zero."""
-    dupes = df.height - df.select(key).n_unique()
+def unique_ids_check(df: pl.DataFrame | pl.LazyFrame, key: list[str], check_name: str = "unique_ids", **failures: int):
+    """Passes when the ``key`` columns are unique together and every other named failure count is zero. A lazy
+    frame (a stored file) is counted by the streaming engine, reading only the key columns."""
+    rows, distinct = df.lazy().select(pl.len(), pl.struct(key).n_unique()).collect(engine="streaming").row(0)
+    dupes = rows - distinct
     return dg.AssetCheckResult(
         check_name=check_name,
         passed=dupes == 0 and not any(failures.values()),
-        metadata={f"duplicate_{key[-1]}s": dupes, **failures, "rows": df.height},
+        metadata={f"duplicate_{key[-1]}s": dupes, **failures, "rows": rows},
     )
