@@ -96,9 +96,10 @@ def iter_clean(
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def iter_raw(dump: str | Path, stats: ReadStats, drop: str | None = None, workers: int | None = None) -> Iterator[pa.Table]:
+def iter_raw(dump: str | Path, stats: ReadStats, drop: str | None = None, workers: int | None = None,
+             range_bytes: int | None = None) -> Iterator[pa.Table]:
     """``raw_posts`` tables of a dump in file order, read by the same parallel fast path as ``garden ingest``."""
-    return iter_clean(dump, stats, workers=workers, drop=drop, raw=True)
+    return iter_clean(dump, stats, workers=workers, drop=drop, raw=True, range_bytes=range_bytes or RANGE_BYTES)
 
 
 def clean_tables(
