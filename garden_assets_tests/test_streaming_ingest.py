@@ -9,7 +9,7 @@ import pytest
 from garden_assets.defs import posts
 from garden_assets.defs.resources import AtomicParquetIOManager, GardenPaths
 from garden_assets.stackexchange.ingest import RANGE_BYTES
-from garden_assets.stackexchange.qa import build_pairs, newest_posts
+from garden_assets.stackexchange.qa import build_pairs, newest_posts, write_pairs
 from garden_assets.stackexchange.reader import read_posts
 from garden_assets.stackexchange.text import clean_posts
 
@@ -107,3 +107,25 @@ def test_qa_pairs_over_scanned_drops_equals_the_in_memory_join(env):
     assert meta["posts_superseded"].value == clean.height - newest.height == 2
     assert pairs.filter(pl.col("answer_id") == 2)["response"].to_list() == ["edited answer"]
     assert pairs.filter(pl.col("question_id") == 4)["instruction"].unique().to_list() == ["Hops question 1 (updated)?"]
+
+
+def test_write_pairs_in_many_buckets_equals_build_pairs(tmp_path, shared_data):
+    """Two real sites and a newer drop of one of them (edited, deleted and new posts), joined a few kB of posts at
+    a time: the same pairs, in the same order, and the same counts as the in-memory join."""
+    coffee = clean_posts(read_posts(shared_data / "coffee" / "Posts.xml", drop="coffee"), min_score=-1000,
+                         max_body_chars=10**9)[0].with_columns(pl.lit("coffee.stackexchange.com").alias("site"))
+    meta = clean_posts(read_posts(shared_data / "datascience-meta" / "Posts.xml", drop="meta"), min_score=-1000,
+                       max_body_chars=10**9)[0].with_columns(pl.lit("datascience.meta.stackexchange.com").alias("site"))
+    newer = coffee.filter(pl.col("id") % 5 == 0).with_columns(
+        pl.lit("coffee-2").alias("drop"), pl.col("text") + " (edited)",
+        pl.col("last_activity_date").dt.offset_by("1d"))
+    files = []
+    for name, frame in [("a", coffee), ("b", meta), ("c", newer)]:
+        frame.write_parquet(tmp_path / f"{name}.parquet", row_group_size=500)
+        files.append(tmp_path / f"{name}.parquet")
+    expected, stats = build_pairs(pl.concat([coffee, meta, newer], how="vertical_relaxed"))
+    got_stats, summary = write_pairs(files, tmp_path / "pairs.parquet", bucket_bytes=64 << 10)
+    pairs = pl.read_parquet(tmp_path / "pairs.parquet")
+    assert pairs.equals(expected) and got_stats == stats and stats["posts_superseded"] == newer.height
+    assert summary["accepted"] == expected["is_accepted"].sum()
+    assert summary["pairs_by_site"] == dict(expected.group_by("site").len().iter_rows())

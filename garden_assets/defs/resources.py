@@ -5,6 +5,7 @@ import dataclasses
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import polars as pl
@@ -47,6 +48,29 @@ class StagedParquet:
         return cls(Path(path), pq.read_metadata(path).num_rows)
 
 
+@dataclasses.dataclass(frozen=True)
+class StoredParquet:
+    """An input handed over as its stored Parquet file, for assets that read it a row group at a time (see
+    ``keys.open_parquet``: bounded memory, no memory map) instead of a polars scan. Annotate an input with it (or
+    ``dict[str, StoredParquet]`` for partitions)."""
+
+    path: Any  # a Path, or a UPath on an object store
+
+    @property
+    def local(self) -> bool:
+        return getattr(self.path, "protocol", "") in ("", "file", "local")
+
+    def open(self):
+        from ..stackexchange.keys import open_parquet
+
+        return open_parquet(Path(str(self.path)) if self.local else self.path)
+
+
+def _wants_stored(dagster_type) -> bool:
+    t = getattr(dagster_type, "typing_type", None)
+    return t is StoredParquet or (getattr(t, "__origin__", None) is dict and t.__args__[-1] is StoredParquet)
+
+
 def staging_path(paths: GardenPaths, name: str) -> Path:
     """A file for an asset to write its output into before the IO manager moves it: under the home's storage (the
     IO manager's folder by default, so the move is a rename), one per process."""
@@ -81,6 +105,13 @@ class AtomicParquetIOManager(PolarsParquetIOManager):
                     Path(str(tmp)).unlink(missing_ok=True)
         finally:
             obj.path.unlink(missing_ok=True)
+
+    def load_from_path(self, context, path):
+        if _wants_stored(context.dagster_type):
+            if not path.exists():
+                raise FileNotFoundError(f"File {path} does not exist")  # allow_missing_partitions relies on it
+            return StoredParquet(path)
+        return super().load_from_path(context, path)
 
     def load_partitions(self, context):
         # Upstream hands one partition over bare even to an input typed ``dict[str, ...]`` (which then fails

@@ -227,8 +227,10 @@ def _count(tables: Iterable[pa.Table]) -> dict[str, int]:
 
 
 def _add_counts(n: dict[str, int], table: pa.Table) -> None:
-    post_type = table.column("post_type").to_numpy()
     n["rows"] += table.num_rows
+    if "post_type" not in table.schema.names:  # not posts (qa_pairs)
+        return
+    post_type = table.column("post_type").to_numpy()
     n["questions"] += int((post_type == 1).sum())
     n["answers"] += int((post_type == 2).sum())
 
