@@ -1,21 +1,17 @@
-"""Streaming reader for Stack Exchange ``Posts.xml`` (plain, in a folder, or inside a site ``.7z``).
+"""Streaming reader for Stack Exchange ``Posts.xml``: bytes → typed ``raw_posts`` batches.
 
-lxml's ``iterparse`` pulls the XML in 1 MiB chunks; each ``<row>``'s attributes are kept as raw strings and the
-rows already read are freed every batch, so memory stays flat in the file size. Typing (ints, dates, tags) and the
-skip rules run vectorized in polars per batch. A ``.7z`` is decompressed by py7zr in a background thread into a
-bounded queue (py7zr pushes chunks to a writer; the parser pulls), so the archive is never held in memory either.
-A ``plan_ranges`` byte range of a dump in the standard layout (one ``<row .../>`` per line) is tokenized by polars
-instead, after a strict per-line grammar check; anything outside that grammar is read by lxml, so what is accepted
-and every error message stay lxml's (see ``_read_range_fast``).
+lxml's ``iterparse`` pulls the XML in 1 MiB chunks (`dumps`: a plain file or a ``.7z`` member, never held whole);
+each ``<row>``'s attributes are kept as raw strings and the rows already read are freed every batch, so memory
+stays flat in the file size. Typing (ints, dates, tags) and the skip rules run vectorized in polars per batch.
+A `ranges.plan_ranges` byte range of a dump in the standard layout (one ``<row .../>`` per line) is tokenized by
+polars instead (`row_grammar`), after a strict per-line grammar check; anything outside that grammar is read by
+lxml, so what is accepted and every error message stay lxml's (see ``_read_range_fast``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import inspect
-import queue
 import re
-import threading
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +20,13 @@ import polars as pl
 import pyarrow as pa
 from lxml import etree
 
-CHUNK = 1 << 20
+from .dumps import CHUNK, ChunkStream, DumpError, drop_name, file_chunks, find_posts, sevenzip_chunks
+from .ranges import ByteRange, first_range, plain_prolog, plan_ranges, range_chunks
+from .row_grammar import ATTRS, BLANK, PROLOG, ROW_LINE, TRAILER, tokenize_rows
+
+__all__ = ["BATCH_ROWS", "CHUNK", "ByteRange", "DumpError", "RAW_SCHEMA", "ReadStats", "drop_name", "find_posts",
+           "first_range", "iter_batches", "plain_prolog", "plan_ranges", "read_posts"]
+
 BATCH_ROWS = 2_000
 QUESTION, ANSWER = 1, 2
 # Real dumps since 2024 carry deliberately fake posts (ids from 1_000_000_001, owned by user -1).
@@ -46,10 +48,6 @@ RAW_SCHEMA = pa.schema(
         ("drop", pa.string()),
     ]
 )
-
-
-class DumpError(ValueError):
-    """A dump that cannot be read; the message names the file (and line where there is one)."""
 
 
 @dataclasses.dataclass
@@ -79,222 +77,6 @@ class ReadStats:
         return sum(self.skipped.values())
 
 
-def find_posts(path: str | Path) -> tuple[Path, str | None]:
-    """Resolve a drop (a ``Posts.xml``, a folder holding one or a ``.7z``, or a ``.7z``) to (file, 7z member)."""
-    path = Path(path)
-    if path.is_dir():
-        if path.name.lower() == "posts.xml" and not (path / path.name).exists():
-            raise DumpError(f"{path}: is a folder, not a Posts.xml file")
-        candidates = sorted(p for p in [*path.glob("Posts.xml"), *path.glob("*.7z")] if p.is_file())
-        if not candidates:
-            raise DumpError(f"{path}: folder holds neither Posts.xml nor a .7z archive")
-        if len(candidates) > 1:
-            names = ", ".join(p.name for p in candidates)
-            raise DumpError(f"{path}: folder holds {len(candidates)} candidate dumps ({names}): keep one per folder")
-        path = candidates[0]
-    if not path.exists():
-        raise DumpError(f"{path}: no such file")
-    if path.is_dir():
-        raise DumpError(f"{path}: is a folder, not a dump file")
-    if path.suffix.lower() == ".7z":
-        return path, _posts_member(path)
-    return path, None
-
-
-def _posts_member(archive: Path) -> str:
-    import py7zr
-
-    try:
-        with py7zr.SevenZipFile(archive, "r") as z:
-            names = z.getnames()
-    except (py7zr.exceptions.Bad7zFile, py7zr.exceptions.ArchiveError, EOFError, OSError) as e:
-        raise DumpError(f"{archive}: not a readable 7z archive ({e})") from e
-    posts = [n for n in names if Path(n).name.lower() == "posts.xml"]
-    if not posts:
-        raise DumpError(f"{archive}: archive has no Posts.xml (members: {', '.join(names[:10]) or 'none'})")
-    return posts[0]
-
-
-def _file_chunks(path: Path) -> Iterator[bytes]:
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            yield chunk
-
-
-def _7z_chunks(archive: Path, member: str) -> Iterator[bytes]:
-    """Stream one member out of a .7z: py7zr writes into a bounded queue from a thread; we read from it."""
-    import py7zr
-    from py7zr.io import Py7zIO, WriterFactory
-
-    q: queue.Queue = queue.Queue(maxsize=8)
-    stop = threading.Event()
-    done = object()
-
-    class QueueIO(Py7zIO):
-        def __init__(self) -> None:
-            self.n = 0
-
-        def write(self, s):
-            if stop.is_set():
-                raise InterruptedError("reader stopped")
-            q.put(bytes(s))
-            self.n += len(s)
-            return len(s)
-
-        def read(self, size=None):
-            return b""
-
-        def seek(self, offset, whence=0):
-            return 0
-
-        def flush(self):
-            pass
-
-        def size(self):
-            return self.n
-
-    class QueueFactory(WriterFactory):
-        def create(self, filename):
-            return QueueIO()
-
-    def pump() -> None:
-        try:
-            with py7zr.SevenZipFile(archive, "r") as z:
-                z.extract(targets=[member], factory=QueueFactory())
-            q.put(done)
-        except BaseException as e:  # handed to the consumer, which raises it with the file name
-            q.put(e)
-
-    t = threading.Thread(target=pump, daemon=True, name="7z-reader")
-    t.start()
-    try:
-        while True:
-            item = q.get()
-            if item is done:
-                return
-            if isinstance(item, BaseException):
-                raise DumpError(f"{archive}!{member}: cannot decompress ({item})") from item
-            yield item
-    finally:
-        stop.set()
-        while t.is_alive():  # drain so the writer thread can finish
-            try:
-                q.get(timeout=0.1)
-            except queue.Empty:
-                pass
-
-
-def _range_chunks(path: Path, start: int, end: int, first: bool, last: bool) -> Iterator[bytes]:
-    """One line-aligned byte range of a dump, wrapped so it parses as a document of its own."""
-    if not first:
-        yield b"<posts>"
-    with open(path, "rb") as f:
-        f.seek(start)
-        left = end - start
-        while left > 0 and (chunk := f.read(min(CHUNK, left))):
-            left -= len(chunk)
-            yield chunk
-    if not last:
-        yield b"</posts>"
-
-
-@dataclasses.dataclass(frozen=True)
-class ByteRange:
-    start: int
-    end: int
-    first_line: int
-    first: bool
-    last: bool
-
-
-def plan_ranges(path: str | Path, range_bytes: int = 8 << 20) -> list[ByteRange] | None:
-    """Split a plain ``Posts.xml`` into line-aligned ranges that start at a ``<row`` line, for parallel reading.
-
-    Dumps write one ``<row>`` per line; a file that does not (boundary lines that are not rows) returns None
-    and is read sequentially instead.
-    """
-    path = Path(path)
-    size = path.stat().st_size
-    starts, lines = [0], [1]
-    with open(path, "rb") as f:
-        newlines = 0
-        pos = range_bytes
-        while pos < size:
-            f.seek(starts[-1])
-            newlines_here = f.read(pos - starts[-1]).count(b"\n")
-            f.readline()
-            line_start = f.tell()
-            newlines_here += 1
-            if line_start >= size:
-                break
-            if not f.read(64).lstrip().startswith(b"<row"):
-                if f.tell() >= size:  # only the closing tag is left: it stays with the last range
-                    break
-                return None
-            newlines += newlines_here
-            starts.append(line_start)
-            lines.append(newlines + 1)
-            pos = line_start + range_bytes
-    ends = starts[1:] + [size]
-    n = len(starts)
-    return [ByteRange(s, e, l, i == 0, i == n - 1) for i, (s, e, l) in enumerate(zip(starts, ends, lines))]
-
-
-def plain_prolog(path: str | Path, head_bytes: int = 1 << 16) -> bool:
-    """True when everything before the first row is what every range can do without: an XML declaration and a
-    bare ``<posts>``. A DOCTYPE (entities used later in the file), comments, processing instructions or root
-    attributes (namespaces) are seen only by a reader of the whole file, so such a file is read in one lxml pass."""
-    with open(path, "rb") as f:
-        head = f.read(head_bytes)
-    end = head.find(b"<row")
-    try:
-        return end >= 0 and _PROLOG.fullmatch(head[:end].decode("utf-8")) is not None
-    except UnicodeDecodeError:
-        return False
-
-
-def first_range(path: str | Path, range_bytes: int = 8 << 20) -> ByteRange:
-    """What ``plan_ranges`` will make the first range, found without reading the file through."""
-    size = Path(path).stat().st_size
-    if range_bytes >= size:
-        return ByteRange(0, size, 1, True, True)
-    with open(path, "rb") as f:
-        f.seek(range_bytes)
-        f.readline()
-        end = f.tell()
-    return ByteRange(0, end, 1, True, end >= size)
-
-
-class _ChunkStream:
-    """A file-like ``read(n)`` over an iterator of byte chunks, so lxml's C-level ``iterparse`` can pull from it."""
-
-    def __init__(self, chunks: Iterator[bytes]):
-        self.chunks = chunks
-        self.buffer = b""
-        self.pos = 0
-        self.seen = 0
-        self.eof = False
-
-    def read(self, n: int = -1) -> bytes:
-        while self.pos >= len(self.buffer):
-            chunk = next(self.chunks, None)
-            if chunk is None:
-                self.eof = True
-                return b""
-            self.buffer, self.pos = chunk, 0
-        end = len(self.buffer) if n < 0 else self.pos + n
-        out = self.buffer[self.pos : end]
-        self.pos += len(out)
-        self.seen += len(out)
-        return out
-
-
-def drop_name(path: str | Path) -> str:
-    """The drop a dump belongs to: its folder's name for a ``Posts.xml``, else the file or folder name."""
-    path = Path(path)
-    return path.parent.name if path.name.lower() == "posts.xml" else path.name
-
-
 def iter_batches(
     path: str | Path,
     drop: str | None = None,
@@ -317,11 +99,11 @@ def iter_batches(
         if fast is not None:
             yield from fast
             return
-        chunks = _range_chunks(file, byte_range.start, byte_range.end, byte_range.first, byte_range.last)
+        chunks = range_chunks(file, byte_range.start, byte_range.end, byte_range.first, byte_range.last)
         line0 = byte_range.first_line - 1
     else:
-        chunks = _7z_chunks(file, member) if member else _file_chunks(file)
-    stream = _ChunkStream(chunks)
+        chunks = sevenzip_chunks(file, member) if member else file_chunks(file)
+    stream = ChunkStream(chunks)
     batch: list[tuple] = []  # one tuple of raw attribute strings (+ line) per row; columns are made per batch
     lines: list[int] = []
     rows = etree.iterparse(stream, events=("end",), tag="row", huge_tree=True, remove_comments=True)
@@ -355,8 +137,6 @@ def _syntax_error(name: str, e: etree.XMLSyntaxError, line0: int, hint: str = ""
     return DumpError(f"{name}:{(e.lineno or 0) + line0}: malformed XML ({hint.rstrip(': ')}): {msg}" if hint else f"{name}:{(e.lineno or 0) + line0}: malformed XML: {msg}")
 
 
-ATTRS = ["Id", "PostTypeId", "ParentId", "AcceptedAnswerId", "Score", "Title", "Body", "Tags", "CreationDate",
-         "LastActivityDate", "OwnerUserId"]
 _INTS = {"Id": "id", "PostTypeId": "post_type", "ParentId": "parent_id", "AcceptedAnswerId": "accepted_answer_id",
          "Score": "score", "OwnerUserId": "owner_user_id"}
 _DATES = {"CreationDate": "creation_date", "LastActivityDate": "last_activity_date"}
@@ -423,22 +203,6 @@ def _typed_batch(raw: pl.DataFrame, stats: ReadStats, name: str, drop: str):
 # entities and character references, no raw tabs/newlines that XML would normalize). A range with any line outside
 # it (or bad UTF-8, a duplicated attribute, an unexpected prolog/trailer) returns None and is read by lxml, which
 # then accepts it or raises its own error, so well-formedness and error messages are exactly lxml's.
-_XML_CHAR = r'[^"<&\x00-\x1f\x{FFFE}\x{FFFF}]'  # XML Char minus '"', '<', '&' and the whitespace XML normalizes
-_VALUE = rf'{_XML_CHAR}*(?:&(?:lt|gt|amp|quot|apos|#x[0-9A-Fa-f]+|#[0-9]+);{_XML_CHAR}*)*'
-_ROW_LINE = rf'^[ \t]*<row(?: [A-Za-z_][A-Za-z0-9_.-]*="{_VALUE}")* ?/>[ \t]*\r?$'  # \r: CRLF dumps
-_PROLOG = re.compile(r'\ufeff?(?:<\?xml version="1\.0"(?: encoding="(?i:utf-8)")?(?: standalone="(?:yes|no)")? ?\?>)?'
-                     r'[ \t\r\n]*<posts>[ \t\r\n]*')
-_TRAILER = re.compile(r"[ \t\r\n]*</posts>[ \t\r\n]*")
-_BLANK = re.compile(r"[ \t\r\n]*")
-# The entities decoded vectorized; any other character reference (&#NNN;, &#x2028; ...) sends its line to lxml,
-# which also checks that it names a legal XML character.
-_ENTITIES = {"&lt;": "<", "&gt;": ">", "&quot;": '"', "&apos;": "'", "&amp;": "&", "&#xA;": "\n", "&#xD;": "\r",
-             "&#x9;": "\t"}
-_OTHER_CHAR_REF = r"&#(?:[^x]|x[^AD9]|x[AD9][^;])"
-# No list exploded here is empty, so either behaviour is right; recent polars warns unless it is named.
-_EXPLODE_KW = {"empty_as_null": False} if "empty_as_null" in inspect.signature(pl.DataFrame.explode).parameters else {}
-
-
 def _read_range_fast(
     file: Path, br: ByteRange, stats: ReadStats, name: str, drop: str, batch_rows: int
 ) -> list[pl.DataFrame] | None:
@@ -451,65 +215,24 @@ def _read_range_fast(
         lines = lines.cast(pl.String)  # checks UTF-8
     except pl.exceptions.ComputeError:
         return None
-    rows_at = lines.str.contains(_ROW_LINE).arg_true()
+    rows_at = lines.str.contains(ROW_LINE).arg_true()
     if rows_at.is_empty():
         return None
     first, last = rows_at[0], rows_at[-1]
     if last - first + 1 != len(rows_at):  # a non-row line between rows
         return None
     head, tail = "\n".join(lines[:first].to_list()), "\n".join(lines[last + 1 :].to_list())
-    if not (_PROLOG if br.first else _BLANK).fullmatch(head) or not (_TRAILER if br.last else _BLANK).fullmatch(tail):
+    if not (PROLOG if br.first else BLANK).fullmatch(head) or not (TRAILER if br.last else BLANK).fullmatch(tail):
         return None
     # The whole range at once (a few times its size in memory, bounded by plan_ranges): per-call overheads
     # made 2,000-row batches 25% slower.
-    raw = _tokenize_rows(lines.slice(first, len(rows_at)), br.first_line + first)
+    raw = tokenize_rows(lines.slice(first, len(rows_at)), br.first_line + first)
     if raw is None:
         return None
     got = ReadStats()
     typed = _typed_batch(raw, got, name, drop)
     stats.merge(got)
     return list(typed.iter_slices(batch_rows))
-
-
-def _tokenize_rows(rows: pl.Series, line: int) -> pl.DataFrame | None:
-    """Row lines (all in the strict grammar) → raw attribute strings (``ATTRS`` + ``line``), or None if lxml must
-    judge them (a duplicated attribute, an xmlns declaration, an illegal character reference)."""
-    # In a line of the grammar '"' only opens or closes a value, so splitting on it alternates name / value pieces:
-    # ['  <row Id=', '1', ' PostTypeId=', '2', ..., ' />']. Odd pieces are values; the piece before each is its name.
-    parts = pl.DataFrame({"piece": rows.str.split('"')}).with_row_index("row")
-    attrs = (
-        parts.with_columns(j=pl.int_ranges(0, pl.col("piece").list.len(), dtype=pl.UInt32))
-        .explode("piece", "j", **_EXPLODE_KW)
-        .select("row", pl.col("piece").shift(1).alias("name"), pl.col("piece").alias("value"), "j")
-        .filter(pl.col("j") % 2 == 1)
-        .with_columns(pl.col("name").str.strip_chars_start(" \t").str.strip_prefix("<row ").str.strip_chars_end("="))
-    )
-    # A redefined attribute is an error lxml reports, an xmlns declaration changes the element's namespace: both go
-    # to lxml. Pairs are compared by hash (a collision only sends a good range to lxml).
-    pair = pl.col("name").hash(0) ^ pl.col("row").cast(pl.UInt64)
-    if attrs.select(pair.n_unique()).item() != attrs.height or (attrs["name"] == "xmlns").any():
-        return None
-    raw = pl.DataFrame({"row": pl.int_range(0, len(rows), dtype=pl.UInt32, eager=True)}).join(
-        attrs.filter(pl.col("name").is_in(ATTRS)).pivot(on="name", index="row", values="value"),
-        on="row", how="left", maintain_order="left",
-    )
-    raw = raw.with_columns(*(pl.lit(None, pl.String).alias(a) for a in ATTRS if a not in raw.columns))
-    with_entities = raw.select(pl.col(ATTRS).str.contains("&", literal=True).any()).row(0)
-    raw = raw.select(
-        *(pl.col(a).str.replace_many(list(_ENTITIES), list(_ENTITIES.values())) if amp else pl.col(a)
-          for a, amp in zip(ATTRS, with_entities)),
-        (pl.col("row").cast(pl.Int64) + line).alias("line"),
-    )
-    # Rare lines with other character references: lxml parses just those lines (and rejects illegal characters).
-    special = rows.str.contains(_OTHER_CHAR_REF).arg_true()
-    if not special.is_empty():
-        try:
-            parser = etree.XMLParser(huge_tree=True)
-            fixed = [etree.fromstring(text, parser).attrib for text in rows.gather(special).to_list()]
-        except etree.XMLSyntaxError:
-            return None
-        raw = raw.with_columns(raw[a].scatter(special, [el.get(a) for el in fixed]) for a in ATTRS)
-    return raw
 
 
 def read_posts(path: str | Path, drop: str | None = None, stats: ReadStats | None = None):
