@@ -16,7 +16,7 @@ from ..stackexchange.qa import drop_rows, write_pairs
 from ..stackexchange.reader import DumpError, ReadStats, find_posts
 from ..stackexchange.text import clean_posts as clean_frame
 from .metadata import counts, preview
-from .resources import GardenPaths, StagedParquet, StoredParquet, staging_path
+from .resources import GardenPaths, StagedParquet, StoredParquet, staged_parquet
 
 # Memory above the ~220 MB a Dagster run process starts with (measured on a 100 MB drop): raw_posts with garden
 # ingest's 6 MB byte ranges +190 MB, with 2 MB +115 MB (for ~20 % more CPU); clean_posts batches of 16 k rows
@@ -42,8 +42,7 @@ def raw_posts(context: dg.AssetExecutionContext, paths: GardenPaths):
     # time, so memory stays a few ranges whatever the drop's size; the IO manager renames the file into place.
     stats = ReadStats()
     key = context.partition_key
-    staged = staging_path(paths, f"raw_posts-{key}")
-    try:
+    with staged_parquet(paths, f"raw_posts-{key}") as staged:
         try:
             entry = locate(paths.drops_path, key)
             file, member = find_posts(entry)
@@ -81,11 +80,7 @@ def raw_posts(context: dg.AssetExecutionContext, paths: GardenPaths):
             **_skips(stats),
             "preview": preview(stored.head(5).collect(), ["id", "post_type", "parent_id", "score", "title", "tags", "last_activity_date"]),
         }
-        output = StagedParquet.of(staged)
-    except BaseException:
-        staged.unlink(missing_ok=True)
-        raise
-    yield dg.Output(output, metadata=metadata)
+    yield dg.Output(StagedParquet.of(staged), metadata=metadata)
     yield check
 
 
@@ -132,10 +127,9 @@ class CleanConfig(dg.Config):
 def clean_posts(context: dg.AssetExecutionContext, config: CleanConfig, paths: GardenPaths, raw_posts: StoredParquet):
     # raw_posts is read a few row groups at a time (not loaded, not memory-mapped): batches are cleaned in threads
     # and written one by one to a staged file.
-    staged = staging_path(paths, f"clean_posts-{context.partition_key}")
     c = Counter(dict.fromkeys(["rows_in", "removed_empty_text", "removed_min_score", "removed_max_body_chars",
                                "rows_out", "rows_with_html"], 0))
-    try:
+    with staged_parquet(paths, f"clean_posts-{context.partition_key}") as staged:
         source = raw_posts.open()
         empty = clean_frame(pl.from_arrow(source.schema_arrow.empty_table()))[0].to_arrow().schema
         batches = _row_group_batches(source, CLEAN_BATCH_ROWS)
@@ -148,11 +142,7 @@ def clean_posts(context: dg.AssetExecutionContext, config: CleanConfig, paths: G
             "max_body_chars": config.max_body_chars,
             "preview": preview(stored.head(5).collect(), ["id", "post_type", "score", "title", "text"]),
         }
-        output = StagedParquet.of(staged)
-    except BaseException:
-        staged.unlink(missing_ok=True)
-        raise
-    yield dg.Output(output, metadata=metadata)
+    yield dg.Output(StagedParquet.of(staged), metadata=metadata)
     yield check
 
 
@@ -175,8 +165,7 @@ def qa_pairs(context: dg.AssetExecutionContext, paths: GardenPaths, clean_posts:
     files = [by_drop[k].path if not by_drop[k].local else Path(str(by_drop[k].path)) for k in sorted(by_drop)]
     if not files or not sum(by_drop[k].open().metadata.num_rows for k in by_drop):
         raise dg.Failure("no cleaned posts in any drop: materialize raw_posts/clean_posts for a drop first")
-    staged = staging_path(paths, "qa_pairs")
-    try:
+    with staged_parquet(paths, "qa_pairs") as staged:
         stats, summary = write_pairs(files, staged)  # a fixed order: same drops, same file
         context.log.info(f"pairs from drops {sorted(by_drop)}: {stats}")
         metadata = {
@@ -186,11 +175,7 @@ def qa_pairs(context: dg.AssetExecutionContext, paths: GardenPaths, clean_posts:
                                ["site", "question_id", "answer_id", "instruction", "response", "is_accepted"]),
         }
         check = unique_ids_check(staged, ["site", "answer_id"], check_name="complete_pairs", empty_rows=summary["empty_rows"])
-        output = StagedParquet.of(staged)
-    except BaseException:
-        staged.unlink(missing_ok=True)
-        raise
-    yield dg.Output(output, metadata=metadata)
+    yield dg.Output(StagedParquet.of(staged), metadata=metadata)
     yield check
 
 

@@ -1,9 +1,11 @@
 """Where things live (``GARDEN_HOME``, ``GARDEN_DROPS``) and the Parquet IO manager."""
 
 
+import contextlib
 import dataclasses
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +79,17 @@ def staging_path(paths: GardenPaths, name: str) -> Path:
     folder = paths.home_path / "storage" / ".staging"
     folder.mkdir(parents=True, exist_ok=True)
     return folder / f"{name}-{os.getpid()}.parquet"
+
+
+@contextlib.contextmanager
+def staged_parquet(paths: GardenPaths, name: str) -> Iterator[Path]:
+    """`staging_path`, removed when the block fails: only a finished file is handed to the IO manager."""
+    staged = staging_path(paths, name)
+    try:
+        yield staged
+    except BaseException:
+        staged.unlink(missing_ok=True)
+        raise
 
 
 class AtomicParquetIOManager(PolarsParquetIOManager):
