@@ -198,7 +198,8 @@ def _ask(args: argparse.Namespace) -> int:
         for i, s in enumerate(answer.sources, 1):
             print(f"  [{i}] {s.title} — {s.url}{' (trimmed to fit)' if s.trimmed else ''}")
     dropped = f", {answer.docs_dropped} dropped" if answer.docs_dropped else ""
-    ending = "" if answer.ended else "; stopped at max_new_tokens"
+    ending = ("" if answer.ended else "; stopped: it began repeating itself (the repeat cut)" if answer.looped
+              else "; stopped at max_new_tokens")
     print(f"\n({label}{' + RAG' if answer.rag and not args.no_model else ''}; {answer.new_tokens} new tokens in "
           f"{answer.latency_s:.1f} s{dropped}{ending})", file=sys.stderr)
     return 0

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from garden_assets.llm.generate import GenerationSettings, Generator
+from garden_assets.llm.generate import GenerationSettings, Generator, LoopGuard
 from garden_assets.llm.metrics import normalize_answer, rouge_l, token_f1
 from .tiny_models import tiny_random_model
 from garden_assets.llm.prompts import END_KEY, dolly_prompt, extract_response
@@ -85,7 +85,8 @@ def test_sampling_and_beams_and_return_sequences(generator):
     ({"max_new_tokens": 0}, "max_new_tokens"), ({"max_new_tokens": 10**6}, "max_new_tokens"),
     ({"temperature": 0}, "temperature"), ({"top_p": 1.5}, "top_p"), ({"top_k": -1}, "top_k"),
     ({"num_beams": 0}, "num_beams"), ({"repetition_penalty": 0}, "repetition_penalty"),
-    ({"num_return_sequences": 2}, "needs do_sample"), ({"no_repeat_ngram_size": -1}, "no_repeat_ngram_size"), ({"beam_size": 3}, "unknown generation settings"),
+    ({"num_return_sequences": 2}, "needs do_sample"), ({"no_repeat_ngram_size": -1}, "no_repeat_ngram_size"),
+    ({"stop_loop_tokens": 2}, "stop_loop_tokens"), ({"beam_size": 3}, "unknown generation settings"),
 ])
 def test_settings_out_of_range_are_clear_errors(bad, message):
     with pytest.raises(ValueError, match=message):
@@ -156,6 +157,35 @@ def test_no_repeat_ngram_size_stops_a_loop(generator):
 
     assert new_ids(GenerationSettings(max_new_tokens=40)) > 0  # the loop the setting must remove
     assert new_ids(GenerationSettings(max_new_tokens=40, no_repeat_ngram_size=3)) == 0
+
+
+def test_loop_guard_stops_at_the_first_verbatim_repeat():
+    cycle = [5, 6, 7, 8, 9]
+    guard = LoopGuard(8)
+    pushed = 0
+    for t in [1, 2] + cycle * 6:
+        pushed += 1
+        if guard.push(t):
+            break
+    assert guard.looped and pushed == 2 + 8 + len(cycle)  # the newest 8 tokens first equal an earlier span
+    assert guard.kept == pushed - 8
+    assert LoopGuard.cut([1, 2] + cycle * 6, 8) == (guard.kept, True)
+    assert LoopGuard.cut(list(range(100)), 8) == (100, False)  # no span repeats
+    assert LoopGuard.cut(cycle * 6, 0) == (30, False)  # 0: never
+
+
+def test_generation_stops_a_loop_and_cuts_the_repeat(generator):
+    """The tiny random model loops within a few tokens: with stop_loop_tokens it stops there (not ended, looped)
+    and its text is the start of the unstopped answer; with 0 it runs to max_new_tokens."""
+    prompts = [dolly_prompt(q) for q in QUESTIONS[:3]]
+    free = generator.generate(prompts, GenerationSettings(max_new_tokens=80, stop_loop_tokens=0))
+    stopped = generator.generate(prompts, GenerationSettings(max_new_tokens=80, stop_loop_tokens=8))
+    assert all(f[0].new_tokens == 80 and not f[0].looped for f in free if not f[0].ended)
+    looped = [(f[0], s[0]) for f, s in zip(free, stopped) if s[0].looped]
+    assert looped, "the random model should loop"
+    for f, s in looped:
+        assert not s.ended and s.new_tokens < 80
+        assert f.text.startswith(s.text) and len(s.text) < len(f.text)
 
 
 def test_repeated_ngrams_and_faithfulness():

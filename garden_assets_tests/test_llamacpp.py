@@ -158,7 +158,7 @@ def test_llamacpp_answers_like_llama_cpp_itself_and_batches_consistently(package
     assert backends.describe(gen) == "llama.cpp Q4_K_M (packaged)"
     settings = GenerationSettings(max_new_tokens=40)
     [[one]] = gen.generate(PROMPTS[:1], settings)
-    assert one.text.strip() and one.new_tokens > 0 and one.ended == (one.new_tokens < 40)
+    assert one.text.strip() and one.new_tokens > 0 and (one.ended or one.looped) == (one.new_tokens < 40)
     assert "### End" not in one.text
 
     # the same greedy tokens as llama-cpp-python's own high-level API (an independent decode loop)
@@ -171,7 +171,16 @@ def test_llamacpp_answers_like_llama_cpp_itself_and_batches_consistently(package
     # a batch: identical prompts decode identically (separate cache streams), every answer where it belongs
     batch = gen.generate([PROMPTS[1], PROMPTS[0], PROMPTS[1], PROMPTS[2]], settings)
     assert batch[0][0].text == batch[2][0].text
-    assert all(b[0].new_tokens > 0 and b[0].ended == (b[0].new_tokens < 40) for b in batch)
+    assert all(b[0].new_tokens > 0 and (b[0].ended or b[0].looped) == (b[0].new_tokens < 40) for b in batch)
+
+    # the untuned base loops (one sentence repeated): stop_loop_tokens stops it there and cuts the repeat
+    free = gen.generate(PROMPTS, GenerationSettings(max_new_tokens=120, stop_loop_tokens=0))
+    stopped = gen.generate(PROMPTS, GenerationSettings(max_new_tokens=120, stop_loop_tokens=8))
+    assert any(s[0].looped for s in stopped)
+    for [f], [s] in zip(free, stopped):
+        assert f.text.startswith(s.text)
+        if s.looped:
+            assert not s.ended and s.new_tokens < 120 and len(s.text) < len(f.text)
 
     sampled = gen.generate(PROMPTS[:1], GenerationSettings(max_new_tokens=12, do_sample=True, temperature=1.5,
                                                            num_return_sequences=3, seed=5))

@@ -40,6 +40,9 @@ class GenerationSettings:
         "help": "> 0: no token n-gram of this size occurs twice in an answer"})
     num_return_sequences: int = 1
     seed: int = field(default=0, metadata={"help": "the sampling seed (with do_sample)"})
+    stop_loop_tokens: int = field(default=32, metadata={
+        "help": "stop an answer once its newest N tokens repeat an earlier span of it verbatim, and cut the "
+                "repeat (0: never); such an answer has not ended by itself"})
 
     def __post_init__(self) -> None:
         def need(ok: bool, what: str) -> None:
@@ -55,6 +58,8 @@ class GenerationSettings:
         need(0 < self.repetition_penalty <= 10, f"repetition_penalty must be in (0, 10], got {self.repetition_penalty!r}")
         need(isinstance(self.no_repeat_ngram_size, int) and 0 <= self.no_repeat_ngram_size <= 64,
              f"no_repeat_ngram_size must be 0..64, got {self.no_repeat_ngram_size!r}")
+        need(isinstance(self.stop_loop_tokens, int) and (self.stop_loop_tokens == 0 or self.stop_loop_tokens >= 4),
+             f"stop_loop_tokens must be 0 (never) or ≥ 4, got {self.stop_loop_tokens!r}")
         need(isinstance(self.num_return_sequences, int) and self.num_return_sequences >= 1,
              f"num_return_sequences must be ≥ 1, got {self.num_return_sequences!r}")
         need(self.do_sample or self.num_return_sequences <= self.num_beams,
@@ -110,6 +115,44 @@ class GeneratedText:
     latency_s: float
     batch_tokens_per_s: float  # new tokens of the whole batch / batch wall time
     ended: bool = True  # stopped by itself (``### End`` or an end token) before max_new_tokens
+    looped: bool = False  # stopped because it began repeating itself (`LoopGuard`), the repeat cut
+
+
+class LoopGuard:
+    """Watches an answer's tokens one at a time: ``looped`` once its newest ``n`` tokens repeat an earlier span of
+    the answer verbatim — a greedy decoder that does so has entered a cycle it will not leave (the untuned base
+    model's answers are one sentence repeated to ``max_new_tokens``). Stopping there saves the rest of the budget;
+    ``kept`` is the answer without the repeat. Hand-written: transformers has no such stopping criterion
+    (``no_repeat_ngram_size`` changes the text instead of stopping it), llama.cpp's sampler chain neither."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.tokens: list[int] = []
+        self._spans: set[tuple[int, ...]] = set()
+        self.looped = False
+
+    def push(self, token: int) -> bool:
+        """Add the next token; True once looped (and from then on)."""
+        self.tokens.append(int(token))
+        if self.n and not self.looped and len(self.tokens) >= self.n:
+            span = tuple(self.tokens[-self.n:])
+            self.looped = span in self._spans
+            self._spans.add(span)
+        return self.looped
+
+    @property
+    def kept(self) -> int:
+        """Tokens of the answer to keep: all of them, or (looped) those before the repeated span."""
+        return len(self.tokens) - self.n if self.looped else len(self.tokens)
+
+    @classmethod
+    def cut(cls, tokens: Sequence[int], n: int) -> tuple[int, bool]:
+        """(tokens to keep, looped) for a finished answer, as if it had been watched token by token."""
+        guard = cls(n)
+        for t in tokens:
+            if guard.push(t):
+                break
+        return (guard.kept, True) if guard.looped else (len(tokens), False)
 
 
 def _stop_at_end_marker(tokenizer, prompt_len: int, marker: str = END_KEY):
@@ -131,6 +174,23 @@ def _stop_at_end_marker(tokenizer, prompt_len: int, marker: str = END_KEY):
             return torch.tensor([marker in t for t in texts], dtype=torch.bool, device=input_ids.device)
 
     return StopAtMarker()
+
+
+def _stop_at_loop(prompt_len: int, n: int):
+    """A stopping criterion: a row is done once its newest ``n`` generated tokens occurred earlier in it (the
+    `LoopGuard` rule, vectorised; beam search reorders rows between steps, so no per-row state is kept)."""
+    import torch
+    from transformers import StoppingCriteria
+
+    class StopAtLoop(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            new = input_ids[:, prompt_len:]
+            if new.shape[1] <= n:
+                return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+            spans = new.unfold(1, n, 1)  # (rows, positions, n)
+            return (spans[:, :-1] == spans[:, -1:]).all(-1).any(-1)
+
+    return StopAtLoop()
 
 
 class TokenBudget:
@@ -208,22 +268,30 @@ class Generator(TokenBudget):
                 ids[row, width - len(encoded[i]):] = torch.tensor(encoded[i])
                 mask[row, width - len(encoded[i]):] = 1
             began = time.perf_counter()
+            stops = [_stop_at_end_marker(self.tokenizer, width)]
+            if settings.stop_loop_tokens:
+                stops.append(_stop_at_loop(width, settings.stop_loop_tokens))
             with torch.inference_mode():
                 out = self.model.generate(
                     input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=gen_config,
-                    stopping_criteria=[_stop_at_end_marker(self.tokenizer, width)],
+                    stopping_criteria=stops,
                 )
             seconds = time.perf_counter() - began
             new = out[:, width:].cpu()
             ends = [_new_length(row, pad, gen_config.eos_token_id) for row in new]
             rate = sum(n for n, _ in ends) / seconds if seconds > 0 else 0.0
-            texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
             n = settings.num_return_sequences
-            for j, (text, (length, eos)) in enumerate(zip(texts, ends)):
+            for j, (row, (length, eos)) in enumerate(zip(new, ends)):
                 i = chunk[j // n]
+                tokens = row[:length].tolist()
+                text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+                ended = eos or END_KEY in text
+                keep, looped = (length, False) if ended else LoopGuard.cut(tokens, settings.stop_loop_tokens)
+                if looped:
+                    text = self.tokenizer.decode(tokens[:keep], skip_special_tokens=True)
                 results[i].append(GeneratedText(text=extract_response(text), prompt_tokens=len(encoded[i]),
                                              new_tokens=length, latency_s=seconds, batch_tokens_per_s=rate,
-                                             ended=eos or END_KEY in text))
+                                             ended=ended, looped=looped))
         return results
 
 

@@ -19,7 +19,7 @@ from typing import Sequence
 import numpy as np
 
 from ..compute import LLAMA_CPP as BACKEND
-from .generate import GeneratedText, GenerationSettings, TokenBudget
+from .generate import GeneratedText, GenerationSettings, LoopGuard, TokenBudget
 from .prompts import END_KEY, extract_response
 from .sampling import SequenceState
 
@@ -176,18 +176,21 @@ class LlamaCppGenerator(TokenBudget):
             began = time.perf_counter()
             states = [SequenceState(encoded[i], settings, np.random.default_rng([settings.seed, i, j]))
                       for i, j in chunk]
-            done = self._run(states, settings)
+            guards = [LoopGuard(settings.stop_loop_tokens) for _ in states]
+            done = self._run(states, guards, settings)
             seconds = time.perf_counter() - began
             rate = sum(len(s.new_tokens) for s in states) / seconds if seconds > 0 else 0.0
-            for (i, j), state, ended in zip(chunk, states, done):
-                text = self.tokenizer.decode(state.new_tokens, skip_special_tokens=True)
+            for (i, j), state, guard, ended in zip(chunk, states, guards, done):
+                kept = state.new_tokens[:guard.kept] if guard.looped else state.new_tokens
+                text = self.tokenizer.decode(kept, skip_special_tokens=True)
                 results[i][j] = GeneratedText(text=extract_response(text), prompt_tokens=len(encoded[i]),
                                            new_tokens=len(state.new_tokens), latency_s=seconds,
-                                           batch_tokens_per_s=rate, ended=ended)
+                                           batch_tokens_per_s=rate, ended=ended, looped=guard.looped)
         return results  # type: ignore[return-value]
 
-    def _run(self, states: list[SequenceState], settings: GenerationSettings) -> list[bool]:
-        """Decode one batch of sequences to their ends; returns whether each ended by itself."""
+    def _run(self, states: list[SequenceState], guards: list[LoopGuard], settings: GenerationSettings) -> list[bool]:
+        """Decode one batch of sequences to their ends (``guards`` stop one that loops); returns whether each
+        ended by itself."""
         lib = self._lib
         lib.llama_memory_clear(lib.llama_get_memory(self._ctx), True)
         items = [(t, pos, seq, pos == len(s.tokens) - 1) for seq, s in enumerate(states) for pos, t in enumerate(s.tokens)]
@@ -211,6 +214,8 @@ class LlamaCppGenerator(TokenBudget):
                     ended[seq] = True
                 elif END_KEY in self.tokenizer.decode(s.new_tokens[-window:], skip_special_tokens=True):
                     ended[seq] = True
+                elif guards[seq].push(token):
+                    pass  # looping: stop here, the repeat is cut
                 elif len(s.new_tokens) < settings.max_new_tokens:
                     step.append(seq)
             active = step

@@ -124,6 +124,7 @@ class Answer:
     docs_trimmed: int = 0
     docs_dropped: int = 0
     ended: bool = True  # the answer stopped by itself before max_new_tokens
+    looped: bool = False  # stopped because it began repeating itself (GenerationSettings.stop_loop_tokens)
     alternatives: list[str] = field(default_factory=list)  # num_return_sequences > 1
     passages: list[str] = field(default_factory=list)  # the source texts as the prompt showed them
 
@@ -278,7 +279,7 @@ class Assistant:
                 question=q.text.strip(), answer=best.text, sources=f.sources, rag=rag, prompt_tokens=f.prompt_tokens,
                 new_tokens=best.new_tokens, latency_s=round(r + best.latency_s, 3), retrieval_s=round(r, 4),
                 batch_tokens_per_s=round(best.batch_tokens_per_s, 2), docs_retrieved=f.docs_retrieved,
-                docs_trimmed=f.docs_trimmed, docs_dropped=f.docs_dropped, ended=best.ended,
+                docs_trimmed=f.docs_trimmed, docs_dropped=f.docs_dropped, ended=best.ended, looped=best.looped,
                 alternatives=[o.text for o in outs[1:]], passages=f.passages,
             ))
         return answers
