@@ -179,7 +179,7 @@ def _ask(args: argparse.Namespace) -> int:
                                    site=_site(args.site))
         else:
             generator = load_generator(path, backend=backend, device=profile.resolve_device(),
-                                       precision=profile.resolve_inference_precision(),
+                                       precision=profile.resolve_precision(),
                                        max_context_tokens=args.max_context_tokens, log=note)
             label += f" via {describe(generator)}"
             [answer] = Assistant(generator, store, k=args.k, mode=args.mode, site=_site(args.site)).ask(

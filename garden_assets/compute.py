@@ -106,9 +106,6 @@ class ComputeSpec:
     def resolve_precision(self, capability: tuple[int, int] | None = None) -> str:
         return resolve_precision(self, capability=capability)
 
-    def resolve_inference_precision(self) -> str:
-        return resolve_inference_precision(self)
-
     def num_processes(self) -> int:
         """Training processes: one per GPU, one on CPU."""
         return max(1, self.gpus) if self.resolve_device() == "cuda" else 1
@@ -158,19 +155,13 @@ def cpu_has_native_bf16() -> bool:
     return bool(re.search(r"\b(avx512_bf16|amx_bf16)\b", flags))
 
 
-def resolve_inference_precision(spec: ComputeSpec) -> str:
-    """`resolve_precision`, except that ``auto`` on a CPU with native bf16 is bf16. For inference only: batched
-    Gemma 270M generation ran 2.3× fp32's tokens/s in bf16 there with identical greedy answers
-    (benchmarks/generate.py), while bf16 autocast *training* on the same CPU ran 2× slower, so training keeps fp32."""
-    if spec.precision == "auto" and resolve_device(spec) == "cpu" and cpu_has_native_bf16():
-        return "bf16"
-    return resolve_precision(spec)
-
-
 def resolve_precision(
     spec: ComputeSpec, *, device: str | None = None, capability: tuple[int, int] | None = None
 ) -> str:
-    """``fp32``/``fp16``/``bf16``. ``auto``: bf16 on compute capability ≥ 8, fp16 on older GPUs, fp32 on CPU.
+    """``fp32``/``fp16``/``bf16``. ``auto``: bf16 on compute capability ≥ 8, fp16 on older GPUs; on a CPU, bf16
+    where it has native bf16 (`cpu_has_native_bf16`), else fp32. On such a CPU (2 cores, avx512_bf16) Gemma 270M
+    generation ran 2.3× fp32's tokens/s with identical greedy answers (benchmarks/generate.py) and LoRA training
+    (bf16 autocast, fp32 adapter weights) ≈ 1.5× fp32's tokens/s with the same losses (docs/evaluation.md).
 
     ``device``/``capability`` override the probe (tests, or planning for a machine that is not this one).
     """
@@ -181,7 +172,7 @@ def resolve_precision(
         capability = tuple(torch.cuda.get_device_capability())  # type: ignore[assignment]
     if spec.precision == "auto":
         if device != "cuda":
-            return "fp32"
+            return "bf16" if cpu_has_native_bf16() else "fp32"
         return "bf16" if capability[0] >= 8 else "fp16"  # type: ignore[index]
     if spec.precision == "fp16" and device != "cuda":
         raise ValueError("precision fp16 needs a CUDA device; use fp32 (or bf16) on CPU")

@@ -50,7 +50,6 @@ def test_device_with_cuda(with_cuda):
 @pytest.mark.parametrize(
     "precision, device, capability, expected",
     [
-        ("auto", "cpu", None, "fp32"),
         ("auto", "cuda", (8, 0), "bf16"),  # A100
         ("auto", "cuda", (9, 0), "bf16"),  # H100
         ("auto", "cuda", (7, 5), "fp16"),  # T4
@@ -63,6 +62,12 @@ def test_device_with_cuda(with_cuda):
 def test_precision(precision, device, capability, expected):
     spec = ComputeSpec(precision=precision)
     assert resolve_precision(spec, device=device, capability=capability) == expected
+
+
+@pytest.mark.parametrize("native, expected", [(True, "bf16"), (False, "fp32")])
+def test_auto_precision_on_cpu_is_bf16_only_where_the_cpu_has_it(monkeypatch, native, expected):
+    monkeypatch.setattr("garden_assets.compute.cpu_has_native_bf16", lambda: native)
+    assert resolve_precision(ComputeSpec(precision="auto"), device="cpu") == expected
 
 
 def test_precision_refusals():

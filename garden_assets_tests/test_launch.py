@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from garden_assets.compute import ComputeSpec
+from garden_assets.compute import ComputeSpec, cpu_has_native_bf16
 from garden_assets.training.config import TrainConfig, parse_args
 from garden_assets.training.launch import launcher_command, plan_launch
 
@@ -26,11 +26,13 @@ def trainer_args(command: list[str]) -> list[str]:
 
 
 def test_cpu_is_plain_python(config):
-    plan = plan_launch(ComputeSpec(device="cpu", batch_size=2), config, python=PY)
+    spec = ComputeSpec(device="cpu", batch_size=2)
+    plan = plan_launch(spec, config, python=PY)
     assert plan.command[:3] == [PY, "-m", "garden_assets.training"]
     assert plan.num_processes == 1 and plan.launcher == "python" and plan.deepspeed_config is None
     cfg = parse_args(trainer_args(plan.command))
-    assert (cfg.device, cfg.precision, cfg.batch_size, cfg.deepspeed) == ("cpu", "fp32", 2, None)
+    native = "bf16" if cpu_has_native_bf16() else "fp32"  # auto on a CPU (test_compute checks both ways)
+    assert (cfg.device, cfg.precision, cfg.batch_size, cfg.deepspeed) == ("cpu", native, 2, None)
     assert cfg == plan.config
     assert plan.env["PYTHONUNBUFFERED"] == "1"
 

@@ -113,7 +113,7 @@ def evaluation_answers(context: dg.AssetExecutionContext, config: EvalConfig, pa
         questions = questions[:limit] if limit else questions
     except (FileNotFoundError, ValueError) as e:
         raise dg.Failure(description=str(e)) from None
-    precision = GENERATION.resolve_inference_precision()
+    precision = GENERATION.resolve_precision()
     loaded: dict[str, str] = {}
 
     def load(which: str):

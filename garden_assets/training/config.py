@@ -216,7 +216,7 @@ def tune_config(device: str, train_file: str | Path, base_model: str | Path, out
         method="lora", resume=True, save_steps=10, eval_max_rows=32, max_length=max_length, lora_r=RECIPE_LORA_R,
         lora_alpha=2 * RECIPE_LORA_R, lora_targets=list(RECIPE_LORA_TARGETS), learning_rate=RECIPE_LR)
     if device == "cpu":
-        recipe.update(device="cpu", precision="fp32", batch_size=4, max_train_seconds=CPU_DEMO_SECONDS,
+        recipe.update(device="cpu", batch_size=4, max_train_seconds=CPU_DEMO_SECONDS,
                       epochs=CPU_DEMO_EPOCHS)
     if "lora_r" in overrides and "lora_alpha" not in overrides:
         overrides["lora_alpha"] = 2 * overrides["lora_r"]

@@ -108,7 +108,7 @@ def _fingerprint(cfg: TrainConfig, world_size: int) -> str:
     h = update_sha256(hashlib.sha256(), cfg.train_file)
     keys = ("base_model", "method", "lora_r", "lora_alpha", "lora_dropout", "lora_targets", "epochs", "max_steps",
             "max_train_tokens", "max_train_seconds", "keep_best", "learning_rate", "weight_decay", "warmup_ratio", "lr_scheduler", "batch_size",
-            "grad_accum", "max_length", "batching", "seed")
+            "grad_accum", "max_length", "batching", "seed", "precision")
     h.update(json.dumps({k: getattr(cfg, k) for k in keys} | {"world_size": world_size}, sort_keys=True).encode())
     return h.hexdigest()[:16]
 
