@@ -32,6 +32,7 @@ class Layout:
     tuned = property(lambda self: self.home / "finetune" / "tuned")  # tuned_model: model/, adapter/, checkpoints/
     evaluation = property(lambda self: self.home / "evaluation")  # evaluation_answers' answer cache
     lancedb = property(lambda self: self.home / "lancedb")  # the index unless GARDEN_LANCE_URI says otherwise
+    retriever = property(lambda self: self.models / "retriever")  # retriever_model: the adapted embedder's folder
 
 
 def garden_home() -> Path:

@@ -3,7 +3,9 @@
 Rows longer than ``max_length`` tokens (prompt + completion + EOS, in the base model's tokenizer) are dropped
 and counted, never truncated. The split is by question (no question in two splits) and stable: a question is
 held out when its seeded hash ranks among the smallest (test first, then valid — the rows that pick the published
-checkpoint), so new drops change the held-out sets only by new questions.
+checkpoint), so new drops change the held-out sets only by new questions. It is the project's one held-out split:
+`held_out_questions` answers it from qa_pairs alone (no tokenizer) through the same functions, and the adapted
+retriever (retriever_model) trains outside exactly those questions.
 
 RAFT-style prompts (``rag_k > 0``, Zhang et al. 2024, "RAFT: Adapting Language Model to Domain Specific RAG"):
 each prompt holds ``rag_k`` passages retrieved for the question, built by `rag.fit_rag_prompt` exactly as
@@ -33,18 +35,35 @@ _REQUIRED = ("question_id", "answer_id", "instruction", "context", "response", "
 
 
 @dataclass
-class DatasetOptions:
-    """test_size: held-out rows (capped at ``max_test_fraction`` of the rows); answers: ``accepted`` (only
-    accepted answers) or ``all``; min_answer_score: keep answers scoring at least this (None: no floor);
-    max_length: tokens per example, longer rows are dropped."""
+class SplitOptions:
+    """The held-out split of questions (one for the whole project: finetune_dataset, retriever_model,
+    retrieval_eval and evaluation_answers all see the same questions held out)."""
 
-    test_size: int = 200
+    test_size: int = field(default=200, metadata={"help": "held-out test rows, capped at max_test_fraction of the rows"})
     max_test_fraction: float = 0.2
-    seed: int = 42
-    answers: Literal["accepted", "all"] = "all"
-    min_answer_score: int | None = None
+    seed: int = field(default=42, metadata={"help": "the held-out hash's seed (and the RAFT oracle draws')"})
+    answers: Literal["accepted", "all"] = field(
+        default="all", metadata={"help": "accepted: only accepted answers; all: every answer (min_answer_score)"})
+    min_answer_score: int | None = field(default=None, metadata={"help": "keep answers scoring at least this"})
+    valid_size: int = field(default=24, metadata={
+        "help": "held-out rows (capped at max_test_fraction of the rest) that pick the published checkpoint"})
+
+    def __post_init__(self) -> None:
+        if self.answers not in ("accepted", "all"):
+            raise ValueError(f"answers must be 'accepted' or 'all', got {self.answers!r}")
+        if self.test_size < 0 or self.valid_size < 0 or not 0 <= self.max_test_fraction < 1:
+            raise ValueError("test_size and valid_size must be ≥ 0 and max_test_fraction in [0, 1)")
+
+    def split_options(self) -> "SplitOptions":
+        """Only the split's fields (a `DatasetOptions` is a `SplitOptions` with more)."""
+        return SplitOptions(**{f: getattr(self, f) for f in SplitOptions.__dataclass_fields__})
+
+
+@dataclass
+class DatasetOptions(SplitOptions):
+    """The split's fields (`SplitOptions`), then: max_length: tokens per example, longer rows are dropped."""
+
     max_length: int = MAX_LENGTH
-    valid_size: int = 24  # held-out rows (capped at max_test_fraction of the rest) that pick the best checkpoint
     rag_k: int = 0  # passages per prompt (RAFT); 0: the plain Dolly prompt
     oracle_share: float = 0.8  # train rows whose own answer is among the passages (the RAFT paper's ≈ 80 %)
     rag_mode: str = DEFAULT_RETRIEVAL.mode
@@ -55,10 +74,7 @@ class DatasetOptions:
     answer_tokens: int | None = DEFAULT_RETRIEVAL.passage_tokens
 
     def __post_init__(self) -> None:
-        if self.answers not in ("accepted", "all"):
-            raise ValueError(f"answers must be 'accepted' or 'all', got {self.answers!r}")
-        if self.test_size < 0 or self.valid_size < 0 or not 0 <= self.max_test_fraction < 1:
-            raise ValueError("test_size and valid_size must be ≥ 0 and max_test_fraction in [0, 1)")
+        super().__post_init__()
         if self.max_length < 8:
             raise ValueError(f"max_length must be ≥ 8 tokens, got {self.max_length}")
         if not isinstance(self.rag_k, int) or not 0 <= self.rag_k <= 50:
@@ -125,7 +141,7 @@ def _holdout_rank(seed: int, question_id: int) -> bytes:
     return hashlib.blake2b(f"{seed}:{question_id}".encode(), digest_size=8).digest()
 
 
-def select_pairs(qa_pairs, options: DatasetOptions):
+def select_pairs(qa_pairs, options: SplitOptions):
     """The qa_pairs rows that feed the dataset (answer filter), in a stable order."""
     import polars as pl
 
@@ -156,32 +172,8 @@ def build_finetune_dataset(qa_pairs, tokenizer, options: DatasetOptions | None =
         if store.count() < options.rag_k + 1:
             raise ValueError(f"rag_k={options.rag_k} passages need an index of more than {options.rag_k} answers; "
                              f"qa_index holds {store.count()}")
-    frame = select_pairs(qa_pairs, options)
-    if frame.height == 0:
-        raise ValueError(
-            f"none of the {rows_in} Q/A pairs pass the answer filter "
-            f"(answers={options.answers!r}, min_answer_score={options.min_answer_score})"
-        )
-
-    rows: list[dict[str, Any]] = []
-    dropped_empty = 0
-    for rec in frame.iter_rows(named=True):
-        instruction = (rec["instruction"] or "").strip()
-        response = (rec["response"] or "").strip()
-        if not instruction or not response:
-            dropped_empty += 1
-            continue
-        rows.append({
-            "instruction": instruction, "context": (rec["context"] or "").strip(), "response": response,
-            "category": rec.get("category") or "closed_qa", "completion": dolly_completion(response),
-            "site": rec.get("site") or "", "question_id": int(rec["question_id"]), "answer_id": int(rec["answer_id"]),
-            "source_url": rec.get("source_url") or "",
-        })
-    if not rows:
-        raise ValueError(f"all {frame.height} selected Q/A pairs have an empty title or answer")
-
-    train, test = split_by_question(rows, options)
-    train, valid = split_by_question(train, replace(options, test_size=options.valid_size))
+    frame, rows, dropped_empty = eligible_rows(qa_pairs, options)
+    train, valid, test = split_rows(rows, options)
     held_out = {question_of(r) for r in valid + test}
     shortened = dropped_long_answer = 0
     if options.answer_tokens is not None:
@@ -244,7 +236,63 @@ def build_finetune_dataset(qa_pairs, tokenizer, options: DatasetOptions | None =
     return FinetuneDataset(train=train, valid=valid, test=test, stats=stats)
 
 
-def add_prompts(rows: list[dict[str, Any]], tokenizer, options: DatasetOptions, store, held_out: set[int], *,
+def eligible_rows(qa_pairs, options: SplitOptions) -> tuple[Any, list[dict[str, Any]], int]:
+    """``(selected frame, rows, rows dropped for an empty title or answer)``: the rows the split is drawn from.
+    Raises ValueError when there are none."""
+    frame = select_pairs(qa_pairs, options)
+    if frame.height == 0:
+        raise ValueError(
+            f"none of the {qa_pairs.height} Q/A pairs pass the answer filter "
+            f"(answers={options.answers!r}, min_answer_score={options.min_answer_score})"
+        )
+    rows: list[dict[str, Any]] = []
+    dropped_empty = 0
+    for rec in frame.iter_rows(named=True):
+        instruction = (rec["instruction"] or "").strip()
+        response = (rec["response"] or "").strip()
+        if not instruction or not response:
+            dropped_empty += 1
+            continue
+        rows.append({
+            "instruction": instruction, "context": (rec["context"] or "").strip(), "response": response,
+            "category": rec.get("category") or "closed_qa", "completion": dolly_completion(response),
+            "site": rec.get("site") or "", "question_id": int(rec["question_id"]), "answer_id": int(rec["answer_id"]),
+            "source_url": rec.get("source_url") or "",
+        })
+    if not rows:
+        raise ValueError(f"all {frame.height} selected Q/A pairs have an empty title or answer")
+    return frame, rows, dropped_empty
+
+
+def split_rows(rows: list[dict[str, Any]], options: SplitOptions) -> tuple[list[dict], list[dict], list[dict]]:
+    """``(train, valid, test)``: the test questions first, then the valid ones from what is left."""
+    train, test = split_by_question(rows, options)
+    train, valid = split_by_question(train, replace(options.split_options(), test_size=options.valid_size))
+    return train, valid, test
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """The held-out questions, as ``(site, question_id)``: ``test`` (scored by every evaluation) and ``valid``
+    (picks the published checkpoint). No trained thing sees either."""
+
+    test: frozenset[tuple[str, int]]
+    valid: frozenset[tuple[str, int]]
+
+    @property
+    def questions(self) -> frozenset[tuple[str, int]]:
+        return self.test | self.valid
+
+
+def held_out_questions(qa_pairs, options: SplitOptions | None = None) -> HeldOut:
+    """The questions ``build_finetune_dataset`` holds out of ``qa_pairs`` with ``options`` (the same functions,
+    without a tokenizer): what the retriever must not train on and what retrieval_eval scores."""
+    _, rows, _ = eligible_rows(qa_pairs, options or SplitOptions())
+    _, valid, test = split_rows(rows, options or SplitOptions())
+    return HeldOut(test=frozenset(map(question_of, test)), valid=frozenset(map(question_of, valid)))
+
+
+def add_prompts(rows: list[dict[str, Any]], tokenizer, options: DatasetOptions, store, held_out: set[tuple[str, int]], *,
                 oracle: bool) -> None:
     """Set each row's ``prompt``: plain Dolly, or (``rag_k``) a RAG prompt fitted by `fit_rag_prompt` into what
     ``max_length`` leaves after the completion, with the row's own answer as one passage when ``oracle`` and the
@@ -282,7 +330,7 @@ def add_prompts(rows: list[dict[str, Any]], tokenizer, options: DatasetOptions, 
                  oracle=any((s.site, s.answer_id) == (r["site"], r["answer_id"]) for s in fitted.sources))
 
 
-def split_by_question(rows: list[dict[str, Any]], options: DatasetOptions) -> tuple[list[dict], list[dict]]:
+def split_by_question(rows: list[dict[str, Any]], options: SplitOptions) -> tuple[list[dict], list[dict]]:
     """Hold out whole questions (lowest seeded hash first) up to min(test_size, max_test_fraction · rows) rows."""
     n_test = min(options.test_size, int(len(rows) * options.max_test_fraction))
     by_question: dict[tuple[str, int], list[dict]] = {}

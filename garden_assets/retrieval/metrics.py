@@ -2,7 +2,8 @@
 
 Protocol (README of the shared Stack Exchange samples): one query per question that has answers, the query is the
 question *title*; the corpus is every answer; the relevant documents are that question's answers. Reported:
-Success@5 (a relevant answer in the top 5) and MRR@10.
+Success@5 (a relevant answer in the top 5) and MRR@10. ``questions`` restricts the queries to a set of
+``(site, question_id)``s (the held-out split) while the corpus stays every answer.
 """
 
 from __future__ import annotations
@@ -10,11 +11,11 @@ from __future__ import annotations
 import tempfile
 import time
 from dataclasses import asdict, dataclass
-from typing import Hashable, Sequence
+from typing import Collection, Hashable, Mapping, Sequence
 
 import polars as pl
 
-from .search import DEFAULT_MODE
+from .search import DEFAULT_MODE, VECTOR_WEIGHT
 
 
 def success_at_k(ranked: Sequence[Sequence[Hashable]], relevant: Sequence[set], k: int) -> float:
@@ -39,10 +40,18 @@ def _check(ranked, relevant) -> None:
         raise ValueError("no queries")
 
 
-def queries_from_pairs(pairs: pl.DataFrame) -> tuple[list[str], list[set[tuple[str, int]]]]:
-    """The README's queries: each question's title once (first-seen order), relevant = its ``(site, answer id)``s."""
+def queries_from_pairs(pairs: pl.DataFrame, questions: Collection[tuple[str, int]] | None = None,
+                       ) -> tuple[list[str], list[set[tuple[str, int]]]]:
+    """The README's queries: each question's title once (first-seen order), relevant = its ``(site, answer id)``s;
+    ``questions``: only these ``(site, question_id)``s."""
     site = pl.col("site") if "site" in pairs.columns else pl.lit("")
-    grouped = pairs.with_columns(site.alias("_site")).group_by("_site", "question_id", maintain_order=True).agg(
+    frame = pairs.with_columns(site.alias("_site"))
+    if questions is not None:
+        wanted = pl.DataFrame([(str(s), int(q)) for s, q in questions], orient="row",
+                              schema={"_site": pl.String, "question_id": pl.Int64})
+        frame = frame.with_columns(pl.col("_site").cast(pl.String), pl.col("question_id").cast(pl.Int64)).join(
+            wanted, on=["_site", "question_id"], how="semi", maintain_order="left")
+    grouped = frame.group_by("_site", "question_id", maintain_order=True).agg(
         pl.col("instruction").first(), pl.col("answer_id"))
     return grouped["instruction"].to_list(), [{(s, a) for a in ids} for s, ids in
                                               zip(grouped["_site"].to_list(), grouped["answer_id"].to_list())]
@@ -82,12 +91,12 @@ def evaluate(pairs: pl.DataFrame, index, *, key: str = "answer", mode: str = DEF
         return _run(pairs, store, key, mode, stats.docs_per_s)
 
 
-def _run(pairs, store, key, mode, docs_per_s) -> EvalResult:
-    queries, relevant = queries_from_pairs(pairs)
+def _run(pairs, store, key, mode, docs_per_s, questions=None, weight: float = VECTOR_WEIGHT) -> EvalResult:
+    queries, relevant = queries_from_pairs(pairs, questions)
     ranked, ms = [], []
     for q in queries:
         start = time.perf_counter()
-        hits = store.search(q, k=10, mode=mode) if q.strip() else []
+        hits = store.search(q, k=10, mode=mode, weight=weight) if q.strip() else []
         ms.append((time.perf_counter() - start) * 1e3)
         ranked.append([(h.site, h.answer_id) for h in hits])
     return EvalResult(key=key, mode=mode, queries=len(queries),
@@ -115,3 +124,31 @@ def evaluate_grid(pairs: pl.DataFrame, embedder, keys: Sequence[str], modes: Seq
             result.key = key
             results.append(result)
     return results
+
+
+def compare_models(pairs: pl.DataFrame, embedders: Mapping[str, object], *, key: str = "answer",
+                   modes: Sequence[str] = ("fts", "vector", "hybrid"),
+                   questions: Collection[tuple[str, int]] | None = None,
+                   weights: Sequence[float] = (VECTOR_WEIGHT,)) -> list[dict]:
+    """One row per (model, mode[, hybrid weight]): ``model, key, mode, vector_weight, success_at_5, mrr_at_10,
+    queries, docs_per_s``. One index per model (built once, all modes searched on it); ``fts`` is the same for
+    every model and comes once as model ``bm25``. ``question+answer`` is measured as ``body+answer``;
+    ``questions``: the ``(site, question_id)``s queried (the held-out split), the corpus being every answer."""
+    from .store import LONG_TEXT_BY_KEY, QAStore
+
+    corpus_key = "body+answer" if key == "question+answer" else key
+    rows: list[dict] = []
+    for name, embedder in embedders.items():
+        embedder.long_text = LONG_TEXT_BY_KEY[corpus_key]
+        with tempfile.TemporaryDirectory(prefix="garden_eval_") as tmp:
+            store = QAStore(tmp, embedder, key=corpus_key)
+            docs_per_s = round(store.upsert(pairs).docs_per_s, 1)
+            runs = [("bm25", "fts", None)] if "fts" in modes and not rows else []
+            runs += [(name, "vector", None)] if "vector" in modes else []
+            runs += [(name, "hybrid", w) for w in weights] if "hybrid" in modes else []
+            for model, mode, weight in runs:
+                r = _run(pairs, store, corpus_key, mode, None, questions, VECTOR_WEIGHT if weight is None else weight)
+                rows.append({"model": model, "key": key, "mode": mode, "vector_weight": weight,
+                             "success_at_5": r.success_at_5, "mrr_at_10": r.mrr_at_10, "queries": r.queries,
+                             "docs_per_s": None if model == "bm25" else docs_per_s})
+    return rows

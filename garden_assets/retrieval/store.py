@@ -33,7 +33,8 @@ import polars as pl
 import pyarrow as pa
 
 from .embedder import DEFAULT_KEY, KEYS, build_key_text, index_id_for, model_slug, resolve_model
-from .search import CANDIDATES, DEFAULT_MODE, HIT_COLUMNS, SEARCH_K, ID_SCHEME, KEY, Hit, check_mode, fuse, hits_from_arrow, uid_expr
+from .search import (CANDIDATES, DEFAULT_MODE, HIT_COLUMNS, SEARCH_K, ID_SCHEME, KEY, VECTOR_WEIGHT, Hit, check_mode, fuse,
+                     hits_from_arrow, uid_expr)
 
 PAIR_COLUMNS = [
     "site", "question_id", "answer_id", "instruction", "context", "response", "category", "is_accepted",
@@ -351,10 +352,12 @@ class QAStore:
 
     # -- reading ---------------------------------------------------------------------------------------------------
     def search(self, query: str, *, k: int = SEARCH_K, mode: str = DEFAULT_MODE, where: str | None = None,
-               candidates: int = CANDIDATES, vector: np.ndarray | None = None) -> list[Hit]:
+               candidates: int = CANDIDATES, vector: np.ndarray | None = None,
+               weight: float = VECTOR_WEIGHT) -> list[Hit]:
         """Top ``k`` answers for ``query``: ``vector``, ``fts`` (BM25) or ``hybrid`` (weighted fusion of both).
 
-        ``where``: a SQL filter on the columns (applied before ranking); ``vector``: a precomputed query vector.
+        ``where``: a SQL filter on the columns (applied before ranking); ``vector``: a precomputed query vector;
+        ``weight``: the vector side's share in the hybrid fusion.
         A table without its full-text index (a run killed while building it) is searched in vector mode.
         """
         check_mode(mode)
@@ -364,16 +367,16 @@ class QAStore:
         if tbl is None:
             raise ValueError(f"index table {self.name!r} does not exist yet: upsert qa_pairs first")
         try:
-            return self._search(tbl, query, k, mode, where, candidates, vector)
+            return self._search(tbl, query, k, mode, where, candidates, vector, weight)
         except (RuntimeError, ValueError) as e:
             if mode == "vector" or "INVERTED index" not in str(e):
                 raise
         log.warning("index table %s has no full-text index (a write was interrupted?): searching in vector mode "
                     "until the next qa_index run rebuilds it", self.name)
-        return self._search(tbl, query, k, "vector", where, candidates, vector)
+        return self._search(tbl, query, k, "vector", where, candidates, vector, weight)
 
     def _search(self, tbl, query: str, k: int, mode: str, where: str | None, candidates: int,
-                vector: np.ndarray | None) -> list[Hit]:
+                vector: np.ndarray | None, weight: float = VECTOR_WEIGHT) -> list[Hit]:
         vec = None if mode == "fts" else (self.embedder.embed_query(query) if vector is None else vector)
         pool = k if mode != "hybrid" else max(k, candidates)
 
@@ -389,7 +392,7 @@ class QAStore:
         if mode != "hybrid":
             return hits_from_arrow(leg(mode, HIT_COLUMNS), mode, k)
         # The legs fetch ids and scores only; the texts are read for the k winners (≈ 20 % faster at 100k rows).
-        fused = fuse(leg("vector", [KEY]), leg("fts", [KEY])).slice(0, k)
+        fused = fuse(leg("vector", [KEY]), leg("fts", [KEY]), weight).slice(0, k)
         order = fused[KEY].to_pylist()
         if not order:
             return []

@@ -1,0 +1,99 @@
+"""The one held-out split, shared by finetune_dataset and the adapted retriever; what the retriever trains on."""
+
+from __future__ import annotations
+
+import polars as pl
+import pytest
+
+from garden_assets.llm.dataset import (DatasetOptions, SplitOptions, build_finetune_dataset, held_out_questions,
+                                       question_of)
+from garden_assets.retrieval import adapt
+from garden_assets.retrieval.metrics import queries_from_pairs
+
+from .test_dataset import make_pairs
+from .tiny_models import build_small_tokenizer
+
+
+def two_sites(n_questions: int, answers_per_question: int = 2) -> pl.DataFrame:
+    """Two sites whose question ids are the same numbers (a post is (site, id))."""
+    a = make_pairs(n_questions, answers_per_question, seed=1)
+    b = make_pairs(n_questions, answers_per_question, seed=2).with_columns(pl.lit("coffee.stackexchange.com").alias("site"))
+    return pl.concat([a, b])
+
+
+def test_finetune_dataset_holds_out_exactly_the_shared_split():
+    pairs = two_sites(30)
+    options = DatasetOptions(test_size=12, valid_size=6, answer_tokens=None)
+    ds = build_finetune_dataset(pairs, build_small_tokenizer(), options)
+    held = held_out_questions(pairs, options)
+    assert held.test and held.valid and not held.test & held.valid
+    assert {question_of(r) for r in ds.test} == held.test
+    assert {question_of(r) for r in ds.valid} == held.valid
+    assert not {question_of(r) for r in ds.train} & held.questions
+    # the identity is (site, question_id): one id held out on one site only is still trained on the other
+    assert {q for _, q in held.questions} & {q for _, q in map(question_of, ds.train)}
+    # DatasetOptions' split fields are SplitOptions' (their defaults too)
+    assert DatasetOptions().split_options() == SplitOptions()
+    assert held_out_questions(pairs, options.split_options()) == held
+
+
+def test_split_is_stable_when_new_questions_arrive():
+    small, large = held_out_questions(make_pairs(50)), held_out_questions(make_pairs(60))
+    assert small.test and small.test <= large.questions
+    assert held_out_questions(make_pairs(50).reverse()) == small
+
+
+class _Captured(Exception):
+    pass
+
+
+def test_the_retriever_trains_on_no_held_out_pair(monkeypatch):
+    """What reaches the sentence-transformers trainer: every train-split pair and no pair of a held-out
+    question, by (site, question_id)."""
+    import sentence_transformers
+
+    pairs = two_sites(20)
+    held = held_out_questions(pairs, SplitOptions(test_size=10, valid_size=4))
+    seen = {}
+
+    class Recorder:
+        def __init__(self, *, train_dataset, **kwargs):
+            seen["rows"] = train_dataset.to_list()
+            raise _Captured
+
+    monkeypatch.setattr(sentence_transformers, "SentenceTransformerTrainer", Recorder)
+    with pytest.raises(_Captured):
+        adapt.adapt_embedder(pairs, held.questions, "/nonexistent/never-written", device="cpu")
+    trained = {(r["anchor"], r["positive"]) for r in seen["rows"]}
+    identity = list(zip(pairs["site"], pairs["question_id"]))
+    is_held = pl.Series([q in held.questions for q in identity])
+    held_pairs, train_pairs = pairs.filter(is_held), pairs.filter(~is_held)
+
+    def texts(frame):
+        return set(zip(frame["instruction"].str.strip_chars(), frame["response"].str.strip_chars()))
+
+    assert held_pairs.height and not trained & texts(held_pairs)
+    assert trained == texts(train_pairs)
+    assert len(seen["rows"]) == train_pairs.height
+
+
+def test_held_out_queries_and_staleness(tmp_path):
+    pairs = two_sites(10, answers_per_question=1)
+    some = {("coffee.stackexchange.com", 101), ("gardening.stackexchange.com", 105)}
+    queries, relevant = queries_from_pairs(pairs, some)
+    assert len(queries) == 2 and {s for rel in relevant for s, _ in rel} == {s for s, _ in some}
+    (tmp_path / adapt.INFO).write_text('{"held_out": [["coffee.stackexchange.com", 101], '
+                                       '["gardening.stackexchange.com", 105], ["x", 1]]}')
+    assert adapt.trained_outside(tmp_path, some)
+    assert not adapt.trained_outside(tmp_path, some | {("gardening.stackexchange.com", 101)})
+
+
+def test_bad_options_and_too_few_pairs_fail_clearly():
+    with pytest.raises(ValueError, match="anchor"):
+        adapt.AdaptOptions(anchor="body")
+    with pytest.raises(ValueError, match="batch_size"):
+        adapt.AdaptOptions(batch_size=1)
+    pairs = make_pairs(3)
+    rest = {question_of(r) for r in pairs.iter_rows(named=True)} - {("gardening.stackexchange.com", 100)}
+    with pytest.raises(ValueError, match="at least 2"):
+        adapt.adapt_embedder(pairs, rest, "/nonexistent/x", device="cpu")
