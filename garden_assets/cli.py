@@ -103,10 +103,49 @@ def _eval_retrieval(args: argparse.Namespace) -> int:
     pairs, _ = build_pairs(clean, site=site_of(args.dump).name)
     keys = list(GRID_KEYS) if args.key == "all" else [args.key]
     modes = list(MODES) if args.mode == "all" else [args.mode]
+    if args.adapt or args.mpnet:
+        return _eval_held_out(args, pairs, keys, modes)
     for r in evaluate_grid(pairs, Embedder(args.model), keys, modes):
         line = {"key": r.key, "mode": r.mode, "success_at_5": r.success_at_5, "mrr_at_10": r.mrr_at_10,
                 "queries": r.queries, "docs": pairs.height, "docs_per_s": r.index_docs_per_s}
         print(json.dumps(line) if args.json else "{key:<16} {mode:<7} Success@5 {success_at_5:.3f}  MRR@10 {mrr_at_10:.3f}  ({queries} queries, {docs} docs)".format(**line))
+    return 0
+
+
+def _eval_held_out(args: argparse.Namespace, pairs, keys: list[str], modes: list[str]) -> int:
+    """retrieval_eval's protocol from a dump: train the adapted model on the train split (as retriever_model
+    does), score the held-out test questions (corpus: every answer)."""
+    from .llm.dataset import held_out_questions
+    from .retrieval.adapt import adapt_embedder
+    from .retrieval.embedder import Embedder
+    from .retrieval.metrics import compare_models
+
+    try:
+        held = held_out_questions(pairs)
+    except ValueError as e:
+        raise UsageError(f"eval-retrieval: {args.dump}: {e}") from None
+    if not held.test:
+        raise UsageError(f"eval-retrieval: {args.dump} has too few pairs to hold out a test question")
+    with tempfile.TemporaryDirectory(prefix="garden_adapt_") as tmp:
+        models = {"minilm": Embedder(args.model)}
+        if args.adapt:
+            result = adapt_embedder(pairs, held.questions, Path(tmp) / "adapted", model=args.model)
+            print(f"adapted: {result.pairs} train pairs ({result.questions} questions), {result.epochs} epochs, "
+                  f"{result.steps} steps in {result.seconds} s; {len(held.test)} held-out test questions",
+                  file=sys.stderr)
+            models["adapted"] = Embedder(result.path)
+        if args.mpnet:
+            models["mpnet"] = Embedder(args.mpnet)
+        weights = {"weights": args.weights} if args.weights else {}
+        for key in keys:
+            for r in compare_models(pairs, models, key=key, modes=modes, questions=held.test, **weights):
+                if args.json:
+                    print(json.dumps(r), flush=True)
+                else:
+                    weight = "" if r["vector_weight"] is None else f" w={r['vector_weight']}"
+                    speed = "" if r["docs_per_s"] is None else f", {r['docs_per_s']} docs/s"
+                    print(f"{r['model']:<8} {key:<16} {r['mode'] + weight:<12} Success@5 {r['success_at_5']:.3f}  "
+                          f"MRR@10 {r['mrr_at_10']:.3f}  ({r['queries']} held-out queries{speed})", flush=True)
     return 0
 
 
@@ -256,7 +295,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dump")
     p.add_argument("--key", choices=[*KEYS, "all"], default="all", help=f"all: {', '.join(GRID_KEYS)}")
     p.add_argument("--mode", choices=[*MODES, "all"], default="all")
-    p.add_argument("--model", default=None)
+    p.add_argument("--model", default=None, help="the off-the-shelf model (default: packaged MiniLM)")
+    p.add_argument("--adapt", action="store_true",
+                   help="held-out protocol: fine-tune the model on the dump's train split (as retriever_model "
+                        "does), score minilm, adapted, bm25 and hybrids on its held-out test questions")
+    p.add_argument("--mpnet", metavar="FOLDER", help="add an all-mpnet-base-v2 folder to the held-out table")
+    p.add_argument("--weights", type=float, nargs="+", metavar="W",
+                   help="hybrid vector weights to measure (held-out protocol; default: the search default)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_eval_retrieval)
     return parser

@@ -2,7 +2,8 @@
 
 Runs go through the persistent Dagster instance in ``$DAGSTER_HOME`` (default ``GARDEN_HOME/dagster``), so
 ``make ui`` afterwards shows them. One run per drop for the partitioned ingestion assets, then one run for
-everything downstream, in dependency order.
+everything downstream, in dependency order — except ``retriever_model`` (a training run) unless qa_index's default
+config reads it (``model: adapted``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import dagster as dg
 import polars as pl
 
 from .defs.automation import SENSOR_NAME, drop_run_tags
+from .defs.index import retriever_model, trains_retriever
 from .defs.posts import drops_partitions
 from .defs.runs import fail_dead_runs
 from .settings import Layout, drops_folder, garden_home
@@ -59,7 +61,8 @@ def main() -> int:
     job = defs.resolve_implicit_global_asset_job_def()
     graph = defs.resolve_asset_graph()
     partitioned = [k for k in graph.materializable_asset_keys if graph.get(k).partitions_def is not None]
-    downstream = [k for k in graph.materializable_asset_keys if graph.get(k).partitions_def is None]
+    downstream = [k for k in graph.materializable_asset_keys if graph.get(k).partitions_def is None
+                  and (k != retriever_model.key or trains_retriever())]
     quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
     failed = []
     for drop in drops:

@@ -1,5 +1,7 @@
-"""qa_index, retrieval_eval and the reindex job through Dagster on the bundled sample (real MiniLM, real LanceDB)."""
+"""qa_index, retrieval_eval, retriever_model and the reindex job through Dagster on the bundled sample (real
+MiniLM, real LanceDB, a real short contrastive training run)."""
 
+import json
 import subprocess
 
 import dagster as dg
@@ -8,11 +10,14 @@ import pytest
 
 from garden_assets.defs import index, posts
 from garden_assets.defs.resources import AtomicParquetIOManager, GardenPaths
+from garden_assets.llm.dataset import held_out_questions
 from garden_assets.retrieval.store import QAStore, open_store
 
 from .dagster_env import sample_env
 
-ASSETS = [posts.raw_posts, posts.clean_posts, posts.qa_pairs, index.qa_index, index.retrieval_eval]
+ASSETS = [posts.raw_posts, posts.clean_posts, posts.qa_pairs, index.qa_index, index.retrieval_eval,
+          index.retriever_model]
+SHORT = {"ops": {"retriever_model": {"config": {"epochs": 1.0, "max_train_seconds": 40.0}}}}  # a real, short run
 
 
 @pytest.fixture(scope="module")
@@ -28,14 +33,20 @@ def env(tmp_path_factory):
 
 def test_index_incremental_eval_and_reindex(env):
     instance, resources, paths = env
-    first = dg.materialize(ASSETS, selection=ASSETS[3:], instance=instance, resources=resources)
+    first = dg.materialize(ASSETS, selection=ASSETS[3:5], instance=instance, resources=resources)
     assert first.success
     meta = first.asset_materializations_for_node("qa_index")[0].metadata
     pairs = pl.read_parquet(paths.home_path / "storage" / "qa_pairs.parquet")
     assert meta["embedded"].value == meta["rows"].value == pairs.height
     assert "MiniLM" in meta["model"].value and meta["dimension"].value == 384 and meta["key"].value == "question+answer"
-    table = first.asset_materializations_for_node("retrieval_eval")[0].metadata["table"].value
+    eval_meta = first.asset_materializations_for_node("retrieval_eval")[0].metadata
+    table = eval_meta["table"].value
     assert "success_at_5" in table and "data:image/png" in table
+    # held-out test questions only (the split finetune_dataset uses); no adapted row before retriever_model ran
+    test = held_out_questions(pairs, index.RetrievalEvalConfig().split_options()).test
+    assert eval_meta["queries"].value == eval_meta["held_out_questions"].value == len(test) < pairs["question_id"].n_unique()
+    assert "| minilm " in table and "| bm25 " in table and "| adapted " not in table
+    assert eval_meta["adapted_model"].value.startswith("not materialized")
     # Re-materializing with the same pairs embeds nothing.
     again = dg.materialize(ASSETS, selection=[index.qa_index], instance=instance, resources=resources)
     meta = again.asset_materializations_for_node("qa_index")[0].metadata
@@ -46,6 +57,50 @@ def test_index_incremental_eval_and_reindex(env):
     result = index.reindex_job.execute_in_process(instance=instance, resources=resources)
     assert result.success
     assert open_store(paths.lance_uri).count() == pairs.height
+
+
+def test_retriever_model_trains_outside_the_held_out_split(env):
+    instance, resources, paths = env
+    trained = dg.materialize(ASSETS, selection=[index.retriever_model], instance=instance, resources=resources,
+                             run_config=SHORT)
+    assert trained.success
+    meta = trained.asset_materializations_for_node("retriever_model")[0].metadata
+    pairs = pl.read_parquet(paths.home_path / "storage" / "qa_pairs.parquet")
+    held = held_out_questions(pairs, index.RetrieverConfig().split_options())
+    assert held.test and meta["held_out_questions"].value == len(held.questions)
+    outside = [q not in held.questions for q in zip(pairs["site"], pairs["question_id"])]
+    assert meta["pairs"].value == sum(outside) < pairs.height
+    assert meta["steps"].value >= 1 and meta["seconds"].value > 0 and "data:image/png" in meta["loss_curve"].value
+    folder = index.retriever_dir(paths)
+    info = json.loads((folder / "adapt.json").read_text())
+    assert info["steps"] == meta["steps"].value and (folder / "config.json").exists()
+    assert {tuple(q) for q in info["held_out"]} == held.questions
+    # trained on 128-token texts, saved with the base model's own window (what the index embeds with)
+    from sentence_transformers import SentenceTransformer
+
+    assert SentenceTransformer(str(folder), device="cpu").max_seq_length == 256
+    # the same pairs and options again: no retraining
+    again = dg.materialize(ASSETS, selection=[index.retriever_model], instance=instance, resources=resources,
+                           run_config=SHORT).asset_materializations_for_node("retriever_model")[0].metadata
+    assert again["reused"].value is True and again["steps"].value == meta["steps"].value
+    assert meta["reused"].value is False
+    # qa_index with `model: adapted` embeds with it (its own table; the default table stays MiniLM's)
+    adapted = dg.materialize(ASSETS, selection=[index.qa_index], instance=instance, resources=resources,
+                             run_config={"ops": {"qa_index": {"config": {"model": "adapted"}}}})
+    qa_meta = adapted.asset_materializations_for_node("qa_index")[0].metadata
+    assert qa_meta["model"].value == str(folder) and qa_meta["embedded"].value == pairs.height
+    assert "MiniLM" in open_store(paths.lance_uri).metadata()["embedding_model"]
+    # retrieval_eval now scores the adapted model too, on the same held-out questions
+    table = dg.materialize(ASSETS, selection=[index.retrieval_eval], instance=instance, resources=resources,
+                           run_config={"ops": {"retrieval_eval": {"config": {"keys": ["answer"]}}}},
+                           ).asset_materializations_for_node("retrieval_eval")[0].metadata["table"].value
+    assert all(f"| {m} " in table for m in ("minilm", "adapted", "bm25"))
+
+
+def test_qa_index_config_adapted_without_the_model_fails_clearly(tmp_path):
+    with pytest.raises(dg.Failure, match="materialize it first"):
+        index.embedding_model(GardenPaths(home=str(tmp_path), drops=str(tmp_path)), index.ADAPTED)
+    assert not index.trains_retriever() and index.trains_retriever(index.IndexConfig(model="adapted"))
 
 
 def test_empty_pairs_fail_clearly_and_keep_the_index(env, tmp_path):

@@ -97,3 +97,26 @@ def test_bad_options_and_too_few_pairs_fail_clearly():
     rest = {question_of(r) for r in pairs.iter_rows(named=True)} - {("gardening.stackexchange.com", 100)}
     with pytest.raises(ValueError, match="at least 2"):
         adapt.adapt_embedder(pairs, rest, "/nonexistent/x", device="cpu")
+
+
+@pytest.mark.slow
+def test_eval_retrieval_adapt_prints_one_json_line_per_row(capsys, monkeypatch):
+    """`garden eval-retrieval DUMP --adapt --json` on the bundled sample, with a short real training run."""
+    import functools
+    import json
+
+    from garden_assets.cli import main
+
+    from .conftest import SAMPLE_DROPS
+
+    monkeypatch.setattr(adapt, "adapt_embedder", functools.partial(
+        adapt.adapt_embedder, options=adapt.AdaptOptions(epochs=1.0, max_seconds=30.0)))
+    assert main(["eval-retrieval", str(SAMPLE_DROPS / "sample-gardening" / "Posts.xml"), "--adapt", "--key",
+                 "answer", "--weights", "0.6", "0.7", "--json"]) == 0
+    out, err = capsys.readouterr()
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert {(r["model"], r["mode"], r["vector_weight"]) for r in rows} == {
+        ("bm25", "fts", None), *{(m, "vector", None) for m in ("minilm", "adapted")},
+        *{(m, "hybrid", w) for m in ("minilm", "adapted") for w in (0.6, 0.7)}}
+    assert all(set(r) >= {"model", "mode", "success_at_5", "mrr_at_10", "queries", "docs_per_s"} for r in rows)
+    assert len({r["queries"] for r in rows}) == 1 and "held-out test questions" in err

@@ -15,7 +15,7 @@ from ..llm.rag import DEFAULT_RETRIEVAL
 from ..files import file_sha256
 from ..settings import Layout
 from ..training.config import tune_config
-from .index import EMBEDDING, built_index, qa_index, store_for
+from .index import EMBEDDING, SplitConfig, built_index, qa_index, store_for
 from ..training.launch import plan_launch
 from .plots import png_markdown, pyplot
 from .resources import GardenPaths
@@ -76,13 +76,9 @@ def _gguf_metadata(context: dg.AssetExecutionContext, checkpoint, **merged_from)
 _DATASET = DatasetOptions()
 
 
-class DatasetConfig(dg.Config):
-    test_size: int = _DATASET.test_size  # capped at max_test_fraction of the rows
-    max_test_fraction: float = _DATASET.max_test_fraction
-    valid_size: int = _DATASET.valid_size  # rows that pick the published checkpoint (eval loss)
-    seed: int = _DATASET.seed
-    answers: str = _DATASET.answers  # "accepted" (only accepted answers) or "all" (with min_answer_score)
-    min_answer_score: int | None = _DATASET.min_answer_score
+class DatasetConfig(SplitConfig):
+    """The held-out split's fields (SplitConfig, shared with retriever_model and retrieval_eval), then these."""
+
     max_length: int = _DATASET.max_length  # tokens; longer rows are dropped and counted, never truncated
     # RAFT: passages retrieved into each training prompt (0: no context). The library's default is 0 (it needs no
     # index); the pipeline has qa_index, so its prompts hold as many passages as answering retrieves.
