@@ -101,8 +101,10 @@ class DagsterUI:
         self.dagster_home.mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(parents=True, exist_ok=True)
         (self.dagster_home / "dagster.yaml").write_text(dagster_yaml)
-        if keys:
-            with dg.DagsterInstance.from_config(str(self.dagster_home)) as instance:
+        # Opened once here, so its SQLite storages exist before the daemon and its code server start: two processes
+        # creating a fresh schedules.db at once can both stamp it (two alembic heads; neither can open it again).
+        with dg.DagsterInstance.from_config(str(self.dagster_home)) as instance:
+            if keys:
                 instance.add_dynamic_partitions(partitions_def, keys)
 
     def start(self, only: tuple[str, ...] = ("webserver", "daemon")) -> None:
