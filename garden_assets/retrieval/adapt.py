@@ -144,7 +144,8 @@ def adapt_embedder(
         return AdaptResult(**{**fields, "path": str(out), "reused": True,
                               "loss": [tuple(x) for x in previous.get("loss", [])]})
     device = resolve_device(device)
-    # bf16 autocast on GPUs that have it; fp32 on CPU (bf16 autocast *training* was slower there, compute.py)
+    # bf16 autocast on GPUs that have it; fp32 on CPU. compute.resolve_precision's bf16-on-CPU rule (measured for
+    # the LoRA trainer, #10) is not applied here: this trainer was only measured in fp32 on CPU.
     bf16 = device.startswith("cuda") and (precision == "bf16" or (precision == "auto" and torch.cuda.is_bf16_supported()))
     fp16 = device.startswith("cuda") and precision == "fp16"
     st = SentenceTransformer(load_from, device=device)
