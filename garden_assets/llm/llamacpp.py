@@ -177,7 +177,7 @@ class LlamaCppGenerator(TokenBudget):
             states = [SequenceState(encoded[i], settings, np.random.default_rng([settings.seed, i, j]))
                       for i, j in chunk]
             guards = [LoopGuard(settings.stop_loop_tokens) for _ in states]
-            done = self._run(states, guards, settings)
+            done = self._run(states, settings, guards)
             seconds = time.perf_counter() - began
             rate = sum(len(s.new_tokens) for s in states) / seconds if seconds > 0 else 0.0
             for (i, j), state, guard, ended in zip(chunk, states, guards, done):
@@ -188,9 +188,11 @@ class LlamaCppGenerator(TokenBudget):
                                            batch_tokens_per_s=rate, ended=ended, looped=guard.looped)
         return results  # type: ignore[return-value]
 
-    def _run(self, states: list[SequenceState], guards: list[LoopGuard], settings: GenerationSettings) -> list[bool]:
-        """Decode one batch of sequences to their ends (``guards`` stop one that loops); returns whether each
-        ended by itself."""
+    def _run(self, states: list[SequenceState], settings: GenerationSettings,
+             guards: list[LoopGuard] | None = None) -> list[bool]:
+        """Decode one batch of sequences to their ends (``guards``, one per sequence, stop one that loops);
+        returns whether each ended by itself."""
+        guards = guards or [LoopGuard(settings.stop_loop_tokens) for _ in states]
         lib = self._lib
         lib.llama_memory_clear(lib.llama_get_memory(self._ctx), True)
         items = [(t, pos, seq, pos == len(s.tokens) - 1) for seq, s in enumerate(states) for pos, t in enumerate(s.tokens)]
