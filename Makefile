@@ -13,7 +13,8 @@ setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q -U pip
+	@# a newer pip is nice to have, not needed: the venv's own pip installs the project too
+	$(BIN)/pip install -q -U pip || echo "make setup: pip upgrade failed; keeping the venv's pip"
 	$(BIN)/pip install -q -e '.[dev,deploy]'
 	@# the llama.cpp backend: a source build (llava/mtmd off: not used, a third of the build); on failure the
 	@# project still works with transformers generation (garden ask and evaluation_answers say so)
