@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 import random
 
 import polars as pl
@@ -223,7 +224,8 @@ def test_raft_config_that_cannot_work_fails_before_anything_is_built(tok, raft_s
         build_finetune_dataset(pairs, tok, DatasetOptions(rag_k=3), small)
     with pytest.raises(ValueError, match="needs the qa_index"):
         build_finetune_dataset(pairs, tok, DatasetOptions(rag_k=2))
-    for bad in ({"oracle_share": -0.1}, {"oracle_share": 1.5}, {"rag_k": -1}, {"answer_tokens": 0}):
+    for bad in ({"oracle_share": -0.1}, {"oracle_share": 1.5}, {"rag_k": -1}, {"answer_tokens": 0},
+                {"rag_target": "summary"}):
         with pytest.raises(ValueError):
             DatasetOptions(**bad)
 
@@ -252,7 +254,7 @@ def test_an_oracle_rows_target_is_the_passage_it_shows(tok, raft_store):
                                + ". More on this later. " * 30).alias("response"))
     ds = build_finetune_dataset(long, tok, DatasetOptions(answers="all", test_size=8, valid_size=4, rag_k=2,
                                                           passage_tokens=48, answer_tokens=48, max_length=2048,
-                                                          rag_mode="vector"), store)
+                                                          rag_mode="vector", rag_target="answer"), store)
     oracle = [r for r in ds.train if r["oracle"]]
     assert oracle and ds.stats.answers_shortened >= len(oracle)
     for r in oracle:
@@ -260,3 +262,45 @@ def test_an_oracle_rows_target_is_the_passage_it_shows(tok, raft_store):
         assert target.strip() and target != r["response"] and target in r["prompt"]
         assert target == cap_passage(r["response"], tok, 48)
     assert all(r["completion"] == dolly_completion(r["response"]) for r in ds.test)
+
+
+def test_oracle_extract_takes_the_passage_leads_that_reproduce_the_answer():
+    from garden_assets.llm.extractive import PASSAGE_JOIN, oracle_extract
+    from garden_assets.llm.metrics import token_f1
+
+    words = lambda t: len(t.split())
+    passages = ["Beer traps catch slugs at night. Slugs hide under boards by day. Tomatoes like sun.",
+                "Copper tape keeps slugs off raised beds. Roses need pruning in March."]
+    reference = "Set beer traps at night and put copper tape round the beds to keep slugs off."
+    extract, f1 = oracle_extract(passages, reference, words)
+    # the lead of each passage, in passage order, each from its own passage; the off-topic rest left out
+    assert extract == "Beer traps catch slugs at night." + PASSAGE_JOIN + "Copper tape keeps slugs off raised beds."
+    assert f1 == pytest.approx(token_f1(extract, reference)) and f1 > max(token_f1(p, reference) for p in passages)
+    # only a lead can be taken: a matching sentence behind an off-topic first one is out of reach
+    buried, _ = oracle_extract(["Roses need pruning in March. Beer traps catch slugs at night."], reference, words)
+    assert buried == ""
+    # the token budget: only the single best lead fits in 7 words
+    short, _ = oracle_extract(passages, reference, words, max_tokens=7)
+    assert words(short) <= 7 and PASSAGE_JOIN not in short and short in " ".join(passages)
+    assert oracle_extract(passages, "Zucchini flowers.", words) == ("", 0.0)  # nothing shared: no target
+
+
+def test_extract_targets_are_made_of_the_rows_own_passages(tok, raft_store):
+    """rag_target="extract" (the default): a train/valid row's completion is built only from sentences of the passages
+    in its prompt, within answer_tokens; test rows keep their whole answers (the references)."""
+    pairs, store = raft_store
+    options = DatasetOptions(answers="all", test_size=8, valid_size=4, rag_k=2, max_length=2048, rag_mode="vector",
+                             answer_tokens=40)
+    ds = build_finetune_dataset(pairs, tok, options, store)
+    extracts = [r for r in ds.train + ds.valid if "extract_f1" in r]
+    assert ds.stats.extract_rows == len(extracts) >= len(ds.train) // 2
+    assert 0 < ds.stats.extract_f1 <= 1
+    for r in extracts:
+        target = r["completion"].removesuffix(dolly_completion(""))
+        assert target and all(part in r["prompt"] for part in target.split("\n\n"))
+        assert len(tok(target, add_special_tokens=False)["input_ids"]) <= 40
+    # a distractor-only row's target is not its own answer, which its prompt does not hold
+    assert any(not r["oracle"] and r["response"] not in r["completion"] for r in extracts)
+    assert all(r["completion"] == dolly_completion(r["response"]) for r in ds.test)
+    answer = build_finetune_dataset(pairs, tok, replace(options, rag_target="answer"), store)
+    assert answer.stats.extract_rows == 0 and not any("extract_f1" in r for r in answer.train)

@@ -3,6 +3,7 @@
 import json
 import os
 from pathlib import Path
+from typing import Literal
 
 import dagster as dg
 import polars as pl
@@ -85,6 +86,7 @@ class DatasetConfig(SplitConfig):
     rag_k: int = DEFAULT_RETRIEVAL.k
     oracle_share: float = _DATASET.oracle_share  # train rows whose own answer is one of the passages
     answer_tokens: int | None = _DATASET.answer_tokens  # longer train answers keep their leading sentences
+    rag_target: Literal["extract", "answer"] = _DATASET.rag_target  # extract: the passages' sentences closest to it
     epochs: float = 1.0  # only for the tokens × epochs figure
 
     def options(self) -> DatasetOptions:
@@ -120,7 +122,8 @@ def finetune_dataset(context: dg.AssetExecutionContext, config: DatasetConfig, p
             **{k: dg.MetadataValue.int(int(getattr(stats, k))) for k in (
                 "rows_in", "rows_selected", "dropped_empty", "dropped_too_long", "answers_shortened",
                 "dropped_long_answer", "train_rows", "valid_rows", "test_rows", "train_tokens", "test_tokens",
-                "longest", "rag_k", "oracle_rows")},
+                "longest", "rag_k", "oracle_rows", "extract_rows")},
+            **({} if stats.extract_f1 is None else {"extract_f1": dg.MetadataValue.float(stats.extract_f1)}),
             "tokens_x_epochs": dg.MetadataValue.int(int(stats.train_tokens * config.epochs)),
             "path": dg.MetadataValue.path(str(layout(paths).dataset)),
             "length_histogram": dg.MetadataValue.md(_histogram_png(hist)) if hist else "",

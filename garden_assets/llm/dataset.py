@@ -11,7 +11,10 @@ RAFT-style prompts (``rag_k > 0``, Zhang et al. 2024, "RAFT: Adapting Language M
 each prompt holds ``rag_k`` passages retrieved for the question, built by `rag.fit_rag_prompt` exactly as
 answering builds them. In a share ``oracle_share`` of train rows the row's own answer is one of the passages (at
 a seeded random place); the other rows — and every valid/test row, as in evaluation — get distractors only:
-answers to *other* questions, never to a held-out one (no test answer leaks into training).
+answers to *other* questions, never to a held-out one (no test answer leaks into training). A train/valid RAG
+row's completion is, by default (``rag_target="extract"``), the sentences of its passages that best reproduce its
+own answer (`extractive.oracle_extract`): for a question whose own answer is not among the passages — every
+evaluated question, and any new one a user asks — that is the grounded answer the model can learn to write.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Literal, Sequence
 
+from garden_assets.llm.extractive import oracle_extract
 from garden_assets.llm.prompts import dolly_completion, dolly_prompt
 from garden_assets.llm.rag import DEFAULT_RETRIEVAL, Question, fit_rag_prompt, lead_within, retrieve
 from garden_assets.settings import MAX_LENGTH
@@ -72,9 +76,16 @@ class DatasetOptions(SplitOptions):
     # (rag.lead_within), so an oracle row's target is exactly the passage it shows: the model learns to quote one
     # passage and stop, not to run on past it (test rows keep whole answers: they are the references). None: whole.
     answer_tokens: int | None = DEFAULT_RETRIEVAL.passage_tokens
+    # what a train/valid RAG row's completion is. extract: the passages' sentences that best reproduce the row's own
+    # answer (extractive.oracle_extract, within answer_tokens) — what a grounded model can write for a question
+    # whose own answer is not in the index, as in evaluation; the own answer when no sentence shares a word with it.
+    # answer: the own answer (the RAFT paper's target). docs/evaluation.md has the runs that chose the default.
+    rag_target: Literal["extract", "answer"] = "extract"
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.rag_target not in ("extract", "answer"):
+            raise ValueError(f"rag_target must be 'extract' or 'answer', got {self.rag_target!r}")
         if self.max_length < 8:
             raise ValueError(f"max_length must be ≥ 8 tokens, got {self.max_length}")
         if not isinstance(self.rag_k, int) or not 0 <= self.rag_k <= 50:
@@ -102,6 +113,8 @@ class DatasetStats:
     longest: int
     rag_k: int = 0
     oracle_rows: int = 0  # train rows whose own answer is among their passages
+    extract_rows: int = 0  # train/valid rows whose completion is an extract of their passages (rag_target)
+    extract_f1: float | None = None  # their mean token F1 against the own answer: how answerable from the passages
     length_histogram: dict[str, list[int]] = field(default_factory=dict)  # bin_edges, train, test, dropped
 
     def to_metadata(self) -> dict[str, Any]:
@@ -190,7 +203,7 @@ def build_finetune_dataset(qa_pairs, tokenizer, options: DatasetOptions | None =
                 fitted[name].append(r)
         train, valid = fitted["train"], fitted["valid"]
     for split, rows_of in (("train", train), ("valid", valid), ("test", test)):
-        add_prompts(rows_of, tokenizer, options, store, held_out, oracle=split == "train")
+        add_prompts(rows_of, tokenizer, options, store, held_out, oracle=split == "train", target=split != "test")
 
     dropped_lengths: list[int] = []
     kept_splits = []
@@ -229,6 +242,8 @@ def build_finetune_dataset(qa_pairs, tokenizer, options: DatasetOptions | None =
         longest=max(r["n_tokens"] for r in kept),
         rag_k=options.rag_k,
         oracle_rows=sum(bool(r.get("oracle")) for r in train),
+        extract_rows=len(extracts := [r["extract_f1"] for r in train + valid if "extract_f1" in r]),
+        extract_f1=round(sum(extracts) / len(extracts), 4) if extracts else None,
         length_histogram=length_histogram(
             [r["n_tokens"] for r in train], [r["n_tokens"] for r in test], dropped_lengths, options.max_length
         ),
@@ -293,10 +308,11 @@ def held_out_questions(qa_pairs, options: SplitOptions | None = None) -> HeldOut
 
 
 def add_prompts(rows: list[dict[str, Any]], tokenizer, options: DatasetOptions, store, held_out: set[tuple[str, int]], *,
-                oracle: bool) -> None:
+                oracle: bool, target: bool = False) -> None:
     """Set each row's ``prompt``: plain Dolly, or (``rag_k``) a RAG prompt fitted by `fit_rag_prompt` into what
     ``max_length`` leaves after the completion, with the row's own answer as one passage when ``oracle`` and the
-    row's seeded draw falls under ``oracle_share``."""
+    row's seeded draw falls under ``oracle_share``. ``target`` (train/valid rows) with ``rag_target="extract"``:
+    the completion becomes the passages' oracle extract."""
     if not options.rag_k:
         for r in rows:
             r["prompt"] = dolly_prompt(r["instruction"], r["context"])
@@ -305,6 +321,8 @@ def add_prompts(rows: list[dict[str, Any]], tokenizer, options: DatasetOptions, 
 
     def count(text: str) -> int:
         return len(tokenizer(text, add_special_tokens=True)["input_ids"])
+
+    specials = count("")  # what add_special_tokens adds (BOS): a completion's own tokens are count(t) - specials
 
     vectors = store.embedder.embed([r["instruction"] for r in rows]) if rows else []
     for r, vector in zip(rows, vectors):
@@ -328,6 +346,11 @@ def add_prompts(rows: list[dict[str, Any]], tokenizer, options: DatasetOptions, 
             continue
         r.update(prompt=fitted.prompt, passages=len(fitted.sources),
                  oracle=any((s.site, s.answer_id) == (r["site"], r["answer_id"]) for s in fitted.sources))
+        if target and options.rag_target == "extract":
+            extract, f1 = oracle_extract(fitted.passages, r["response"], lambda t: count(t) - specials,
+                                         options.answer_tokens)
+            if extract:
+                r.update(completion=dolly_completion(extract), extract_f1=round(f1, 4))
 
 
 def split_by_question(rows: list[dict[str, Any]], options: SplitOptions) -> tuple[list[dict], list[dict]]:
