@@ -286,11 +286,11 @@ def test_oracle_extract_takes_the_passage_leads_that_reproduce_the_answer():
 
 
 def test_extract_targets_are_made_of_the_rows_own_passages(tok, raft_store):
-    """rag_target="extract" (the default): a train/valid row's completion is built only from sentences of the passages
-    in its prompt, within answer_tokens; test rows keep their whole answers (the references)."""
+    """rag_target="extract": a train/valid row's completion is built only from sentences of the passages in its
+    prompt, within answer_tokens; test rows keep their whole answers (the references)."""
     pairs, store = raft_store
     options = DatasetOptions(answers="all", test_size=8, valid_size=4, rag_k=2, max_length=2048, rag_mode="vector",
-                             answer_tokens=40)
+                             answer_tokens=40, rag_target="extract")
     ds = build_finetune_dataset(pairs, tok, options, store)
     extracts = [r for r in ds.train + ds.valid if "extract_f1" in r]
     assert ds.stats.extract_rows == len(extracts) >= len(ds.train) // 2

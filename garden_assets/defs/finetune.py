@@ -86,7 +86,7 @@ class DatasetConfig(SplitConfig):
     rag_k: int = DEFAULT_RETRIEVAL.k
     oracle_share: float = _DATASET.oracle_share  # train rows whose own answer is one of the passages
     answer_tokens: int | None = _DATASET.answer_tokens  # longer train answers keep their leading sentences
-    rag_target: Literal["extract", "answer"] = _DATASET.rag_target  # extract: the passages' sentences closest to it
+    rag_target: Literal["answer", "extract"] = _DATASET.rag_target  # extract: the passages' leads closest to the answer
     epochs: float = 1.0  # only for the tokens × epochs figure
 
     def options(self) -> DatasetOptions:

@@ -12,9 +12,9 @@ each prompt holds ``rag_k`` passages retrieved for the question, built by `rag.f
 answering builds them. In a share ``oracle_share`` of train rows the row's own answer is one of the passages (at
 a seeded random place); the other rows — and every valid/test row, as in evaluation — get distractors only:
 answers to *other* questions, never to a held-out one (no test answer leaks into training). A train/valid RAG
-row's completion is, by default (``rag_target="extract"``), the sentences of its passages that best reproduce its
-own answer (`extractive.oracle_extract`): for a question whose own answer is not among the passages — every
-evaluated question, and any new one a user asks — that is the grounded answer the model can learn to write.
+row's completion is its own answer, or with ``rag_target="extract"`` the leads of its passages that best reproduce
+that answer (`extractive.oracle_extract`): what a grounded model can write for a question whose own answer is not
+among the passages, as for every evaluated question.
 """
 
 from __future__ import annotations
@@ -76,11 +76,11 @@ class DatasetOptions(SplitOptions):
     # (rag.lead_within), so an oracle row's target is exactly the passage it shows: the model learns to quote one
     # passage and stop, not to run on past it (test rows keep whole answers: they are the references). None: whole.
     answer_tokens: int | None = DEFAULT_RETRIEVAL.passage_tokens
-    # what a train/valid RAG row's completion is. extract: the passages' sentences that best reproduce the row's own
-    # answer (extractive.oracle_extract, within answer_tokens) — what a grounded model can write for a question
-    # whose own answer is not in the index, as in evaluation; the own answer when no sentence shares a word with it.
-    # answer: the own answer (the RAFT paper's target). docs/evaluation.md has the runs that chose the default.
-    rag_target: Literal["extract", "answer"] = "extract"
+    # what a train/valid RAG row's completion is. answer: its own answer (the RAFT paper's target). extract: the
+    # leads of its passages that best reproduce that answer (extractive.oracle_extract, within answer_tokens; the
+    # own answer when no lead shares a word with it). Measured: extract ties answer, ends less often (recipe runs
+    # E13–E15, docs/evaluation.md), so answer stays the default.
+    rag_target: Literal["answer", "extract"] = "answer"
 
     def __post_init__(self) -> None:
         super().__post_init__()

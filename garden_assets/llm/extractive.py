@@ -5,7 +5,8 @@ what the *retrieved* passages say. The target that teaches it is the greedy orac
 (Nallapati et al. 2017, SummaRuNNer) — add the sentence that raises token F1 against the reference answer most,
 until none does or the token budget is spent — with one restriction: a passage's next sentence is the only one of
 it that can be added, so the target is each chosen passage's leading sentences, in passage order. A 270M model
-copies contiguous runs within a short fine-tune; free sentence picks it did not learn (docs/evaluation.md, E13).
+copies contiguous runs within a short fine-tune; free sentence picks it did not learn. `DatasetOptions.rag_target`
+"extract" uses it; measured, it ties the own-answer target and ends less often (docs/evaluation.md, E13–E15).
 A dozen lines over `metrics.token_f1`; no library takes a token budget in the model's tokenizer, so it is here.
 """
 
