@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 import random
+from dataclasses import replace
 
 import polars as pl
 import pytest
@@ -288,6 +288,8 @@ def test_oracle_extract_takes_the_passage_leads_that_reproduce_the_answer():
 def test_extract_targets_are_made_of_the_rows_own_passages(tok, raft_store):
     """rag_target="extract": a train/valid row's completion is built only from sentences of the passages in its
     prompt, within answer_tokens; test rows keep their whole answers (the references)."""
+    from garden_assets.llm.extractive import PASSAGE_JOIN
+
     pairs, store = raft_store
     options = DatasetOptions(answers="all", test_size=8, valid_size=4, rag_k=2, max_length=2048, rag_mode="vector",
                              answer_tokens=40, rag_target="extract")
@@ -297,7 +299,7 @@ def test_extract_targets_are_made_of_the_rows_own_passages(tok, raft_store):
     assert 0 < ds.stats.extract_f1 <= 1
     for r in extracts:
         target = r["completion"].removesuffix(dolly_completion(""))
-        assert target and all(part in r["prompt"] for part in target.split("\n\n"))
+        assert target and all(part in r["prompt"] for part in target.split(PASSAGE_JOIN))
         assert len(tok(target, add_special_tokens=False)["input_ids"]) <= 40
     # a distractor-only row's target is not its own answer, which its prompt does not hold
     assert any(not r["oracle"] and r["response"] not in r["completion"] for r in extracts)

@@ -3,13 +3,12 @@
 import json
 import os
 from pathlib import Path
-from typing import Literal
 
 import dagster as dg
 import polars as pl
 
 from ..compute import ComputeSpec, load_profile
-from ..llm.dataset import DatasetOptions, prepare_finetune_dataset
+from ..llm.dataset import DatasetOptions, RagTarget, prepare_finetune_dataset
 from ..llm.gguf_export import export_gguf, has_converter, scripts_dir
 from ..llm.models import PACKAGED_GEMMA, base_model_spec, resolve_base_model, tuned_adapter_path, tuned_model_path
 from ..llm.rag import DEFAULT_RETRIEVAL
@@ -86,7 +85,7 @@ class DatasetConfig(SplitConfig):
     rag_k: int = DEFAULT_RETRIEVAL.k
     oracle_share: float = _DATASET.oracle_share  # train rows whose own answer is one of the passages
     answer_tokens: int | None = _DATASET.answer_tokens  # longer train answers keep their leading sentences
-    rag_target: Literal["answer", "extract"] = _DATASET.rag_target  # extract: the passages' leads closest to the answer
+    rag_target: RagTarget = _DATASET.rag_target  # extract: the passages' leads closest to the answer
     epochs: float = 1.0  # only for the tokens × epochs figure
 
     def options(self) -> DatasetOptions:

@@ -26,7 +26,7 @@ import random
 import tempfile
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable, Literal, Sequence
+from typing import Any, Iterable, Literal, Sequence, get_args
 
 from garden_assets.llm.extractive import oracle_extract
 from garden_assets.llm.prompts import dolly_completion, dolly_prompt
@@ -35,6 +35,7 @@ from garden_assets.settings import MAX_LENGTH
 
 ROW_COLUMNS = ("instruction", "context", "response", "category", "prompt", "completion", "n_tokens")
 ID_COLUMNS = ("site", "question_id", "answer_id", "source_url")
+RagTarget = Literal["answer", "extract"]  # what a train/valid RAG row's completion is (DatasetOptions.rag_target)
 _REQUIRED = ("question_id", "answer_id", "instruction", "context", "response", "is_accepted", "answer_score")
 
 
@@ -80,12 +81,12 @@ class DatasetOptions(SplitOptions):
     # leads of its passages that best reproduce that answer (extractive.oracle_extract, within answer_tokens; the
     # own answer when no lead shares a word with it). Measured: extract ties answer, ends less often (recipe runs
     # E13–E15, docs/evaluation.md), so answer stays the default.
-    rag_target: Literal["answer", "extract"] = "answer"
+    rag_target: RagTarget = "answer"
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.rag_target not in ("extract", "answer"):
-            raise ValueError(f"rag_target must be 'extract' or 'answer', got {self.rag_target!r}")
+        if self.rag_target not in get_args(RagTarget):
+            raise ValueError(f"rag_target must be one of {get_args(RagTarget)}, got {self.rag_target!r}")
         if self.max_length < 8:
             raise ValueError(f"max_length must be ≥ 8 tokens, got {self.max_length}")
         if not isinstance(self.rag_k, int) or not 0 <= self.rag_k <= 50:
