@@ -177,6 +177,8 @@ def test_time_budget_and_the_best_eval_loss_weights_are_published(setup, tmp_pat
     evals = [(r["step"], r["eval_loss"]) for r in read_log(out) if r.get("eval_loss") is not None]
     best_step, best_loss = min(evals, key=lambda e: e[1])
     assert metrics["planned_steps"] == 100000 and 2 <= metrics["steps"] < 100000
+    # the budget bounds the loop's wall time: periodic evals spend it too (a user waits for them as well)
+    assert metrics["eval_time_s"] > 0 and metrics["train_time_s"] + metrics["eval_time_s"] >= 3
     assert (metrics["published_step"], metrics["best_eval_loss"]) == (best_step, best_loss)
     # the published checkpoint really holds those weights: its eval loss is the best one, not the last one
     model, _ = load_causal_lm(out / "model")

@@ -17,7 +17,7 @@ from ..settings import MAX_LENGTH
 CPU_LORA_TARGETS = ("q_proj", "v_proj")  # the default without a recipe (TrainConfig.lora_targets None on CPU)
 # The tuned_model recipe (tune_config). The budget and epochs follow docs/evaluation.md ("Recipe runs"); LoRA
 # targets and learning rate were compared by measurement (docs/evaluation.md, E10–E12); rank was not.
-CPU_DEMO_SECONDS = 300.0  # ≈ 5 minutes of training steps on 2 cores
+CPU_DEMO_SECONDS = 300.0  # ≈ 5 minutes of training steps and periodic evals on 2 cores
 CPU_DEMO_EPOCHS = 3.0  # an upper bound: the time budget usually ends the run first
 RECIPE_LORA_R = 16
 RECIPE_LR = 1e-3
@@ -56,7 +56,7 @@ class TrainConfig:
     max_steps: int | None = _opt(None, "optimizer steps; overrides --epochs", group="schedule")
     max_train_tokens: int | None = _opt(None, "token budget: stop once this many (non-pad) tokens were trained on",
                                         group="schedule")
-    max_train_seconds: float | None = _opt(None, "time budget: stop once training steps took this long",
+    max_train_seconds: float | None = _opt(None, "time budget: stop once training steps and periodic evals took this long",
                                            group="schedule")
     # optimisation
     learning_rate: float | None = _opt(None, "default 2e-4 (LoRA) / 2e-5 (full)", group="schedule", aliases=("--lr",))

@@ -298,18 +298,21 @@ class _Data:
 
 @dataclass
 class _Progress:
-    """Where the run stands: steps and tokens done, seconds of training (a time budget reads them)."""
+    """Where the run stands: steps and tokens done, seconds of training and of periodic evals (a time budget
+    spends both: it bounds the loop's wall time, which is what a user waits for)."""
 
     step: int = 0
     tokens: int = 0
     train_time: float = 0.0
+    eval_time: float = 0.0
     step_start: float | None = None  # perf_counter at the start of the step in progress
     last_loss: float = float("nan")
     resumed_from: str | None = None
 
-    def seconds_trained(self) -> float:
-        """Including the step in progress (the scheduler steps before it ends)."""
-        return self.train_time + (time.perf_counter() - self.step_start if self.step_start is not None else 0.0)
+    def budget_spent(self) -> float:
+        """Seconds of steps and periodic evals, including the step in progress (the scheduler steps before it ends)."""
+        in_step = time.perf_counter() - self.step_start if self.step_start is not None else 0.0
+        return self.train_time + self.eval_time + in_step
 
 
 def _run(cfg: TrainConfig, accelerator, reporter: Reporter, device: str, precision: str, use_ds: bool) -> TrainResult:
@@ -388,7 +391,7 @@ def _optimisation(cfg: TrainConfig, trainable: list, total_steps: int, progress:
     optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.max_train_seconds is not None:  # warm up and decay over the budget
         scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda _: _budget_lr_factor(progress.seconds_trained() / cfg.max_train_seconds,
+            optimizer, lambda _: _budget_lr_factor(progress.budget_spent() / cfg.max_train_seconds,
                                                    cfg.warmup_ratio))
     else:
         scheduler = get_scheduler(cfg.lr_scheduler, optimizer,
@@ -418,6 +421,7 @@ def _resume(run: _Run, unwrapped, optimizer, scheduler, progress: _Progress, tot
         else:
             ckpt.load_trainable(unwrapped, optimizer, scheduler, last)
         progress.step, progress.tokens, progress.train_time = state["step"], state["tokens"], state["train_time_s"]
+        progress.eval_time = state.get("eval_time_s", 0.0)  # checkpoints written before evals counted in the budget
         progress.resumed_from = str(last)
         reporter.truncate_log(progress.step)
         reporter.info(f"resumed from {last} (step {progress.step}/{total_steps})")
@@ -440,6 +444,7 @@ def _save_checkpoint(run: _Run, unwrapped, optimizer, scheduler, progress: _Prog
     accelerator.wait_for_everyone()
     if run.main:
         state = {"step": step, "tokens": progress.tokens, "train_time_s": progress.train_time,
+                 "eval_time_s": progress.eval_time,
                  "fingerprint": run.fingerprint, "total_steps": total_steps, "world_size": run.world}
         ckpt.commit(tmp, state, run.cfg.save_total_limit)
         run.reporter.info(f"checkpoint: step {step}")
@@ -456,9 +461,9 @@ def _train_loop(run: _Run, model, unwrapped, optimizer, scheduler, built: _Model
     model.train()
     best = _BestWeights(enabled=cfg.keep_best and not run.use_ds)  # ZeRO-3 shards the weights: publish the last ones
     for step in range(progress.step + 1, total_steps + 1):
-        if cfg.max_train_seconds is not None and progress.train_time >= cfg.max_train_seconds:
-            reporter.info(f"time budget reached: {progress.train_time:.0f} s of training ≥ "
-                          f"{cfg.max_train_seconds:.0f} s, stopping after step {step - 1} of {total_steps}")
+        if cfg.max_train_seconds is not None and progress.budget_spent() >= cfg.max_train_seconds:
+            reporter.info(f"time budget reached: {progress.train_time:.0f} s of training + {progress.eval_time:.0f} s "
+                          f"of evals ≥ {cfg.max_train_seconds:.0f} s, stopping after step {step - 1} of {total_steps}")
             break
         sp = data.plan[step - 1]
         lr = scheduler.get_last_lr()[0]  # the rate this step trains with
@@ -492,8 +497,10 @@ def _train_loop(run: _Run, model, unwrapped, optimizer, scheduler, built: _Model
 
         entry: dict[str, Any] = {}
         if cfg.eval_steps and step % cfg.eval_steps == 0 and step < total_steps and data.eval_subset:
+            t_eval = time.perf_counter()
             eval_loss = evaluate(model, data.eval_subset, batch_size=cfg.batch_size * 2, pad_id=data.pad_id,
                                  accelerator=accelerator, logits_mask=built.logits_mask)
+            progress.eval_time += time.perf_counter() - t_eval
             best.offer(eval_loss, step, unwrapped)
             entry["eval_loss"] = eval_loss
         if step % cfg.log_steps == 0 or step == total_steps or entry:
@@ -530,8 +537,8 @@ def _finish(run: _Run, model, unwrapped, built: _Model, data: _Data, progress: _
         "method": cfg.method, "device": run.device, "precision": run.precision, "num_processes": run.world,
         "deepspeed": run.use_ds, "steps": steps_done, "planned_steps": total_steps, "published_step": published_step,
         "best_eval_loss": best.loss if best.step is not None else final_eval, "train_tokens": tokens,
-        "train_time_s": round(train_time, 3), "tokens_per_s": tokens / max(train_time, 1e-9),
-        "train_loss": progress.last_loss, "eval_loss": final_eval,
+        "train_time_s": round(train_time, 3), "eval_time_s": round(progress.eval_time, 3),
+        "tokens_per_s": tokens / max(train_time, 1e-9), "train_loss": progress.last_loss, "eval_loss": final_eval,
         "train_rows": len(data.train), "test_rows": len(data.test),
         "dropped_train": data.dropped_train, "dropped_test": data.dropped_test,
         "total_params": built.total_params, "trainable_params": built.trainable_params,
