@@ -129,3 +129,47 @@ def test_write_pairs_in_many_buckets_equals_build_pairs(tmp_path, shared_data):
     assert pairs.equals(expected) and got_stats == stats and stats["posts_superseded"] == newer.height
     assert summary["accepted"] == expected["is_accepted"].sum()
     assert summary["pairs_by_site"] == dict(expected.group_by("site").len().iter_rows())
+
+
+def test_written_files_keep_statistics_only_on_short_columns(tmp_path):
+    """Long text columns get no min/max statistics (their footer would be kept in memory per row group); ids do."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from garden_assets.stackexchange.ingest import write_tables
+
+    tables = [pa.table({"id": [i, i + 1], "body_html": ["<p>a</p>" * 50, "<p>b</p>"], "title": ["t", "u"]})
+              for i in range(0, 6, 2)]
+    write_tables(iter(tables), tmp_path / "out.parquet", constants={"site": "s"})
+    md = pq.ParquetFile(tmp_path / "out.parquet").metadata
+    assert md.num_row_groups == 3
+    columns = {md.row_group(0).column(j).path_in_schema: md.row_group(0).column(j) for j in range(md.num_columns)}
+    assert columns["id"].is_stats_set and columns["id"].statistics.max == 1
+    assert columns["site"].is_stats_set
+    assert not columns["body_html"].is_stats_set and not columns["title"].is_stats_set
+
+
+def test_streaming_allocations_pin_the_mmap_threshold_once_and_restore_it(monkeypatch):
+    """Nested and threaded uses pin glibc's mmap threshold on the way in and set it back (with a trim) only when
+    the last one leaves; the calls go through to the real libc."""
+    from garden_assets.stackexchange import malloc
+
+    if malloc._LIBC is None:
+        pytest.skip("not glibc")
+    calls, real = [], malloc._LIBC
+
+    class Recording:
+        def mallopt(self, option, value):
+            calls.append(("mallopt", option, value))
+            return real.mallopt(option, value)
+
+        def malloc_trim(self, pad):
+            calls.append(("trim", pad))
+            return real.malloc_trim(pad)
+
+    monkeypatch.setattr(malloc, "_LIBC", Recording())
+    with malloc.streaming_allocations():
+        with malloc.streaming_allocations():
+            pass
+        assert calls == [("mallopt", -3, malloc.STREAMING_MMAP_THRESHOLD)]
+    assert calls[1:] == [("mallopt", -3, malloc.AFTER_MMAP_THRESHOLD), ("trim", 0)]

@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 
 from .reader import (BATCH_ROWS, ByteRange, ReadStats, drop_name, find_posts, first_range, iter_batches, plain_prolog,
                      plan_ranges)
+from .malloc import streaming_allocations
 from .text import HTML_TAG, clean_posts
 
 # A range per thread: 6 MB keeps peak RSS near 260 MB with two threads and three ranges in flight (8 MB: ~300 MB,
@@ -135,8 +136,9 @@ def clean_tables(
 
 
 # Long, unique text: no dictionary pages (trying them costs time and falls back to plain pages anyway) and no
-# min/max statistics (nothing filters on them, and the writer keeps every row group's footer in memory until it
-# closes: with them a row group's footer is ≈ 15 kB — 30 MB of RSS over a 4 GB drop's 2 k row groups — without ≈ 2 kB).
+# min/max statistics: nothing filters on them, and the writer keeps every row group's metadata in memory until it
+# closes (≈ 10× its serialized size), as does every reader of the file. raw_posts' footer: ≈ 15 kB per row group
+# with them, 1.4 kB without (a 4 GB drop has ≈ 2 k row groups).
 _LONG_TEXT = {"title", "body_html", "text"}
 
 
@@ -150,8 +152,13 @@ def write_tables(
     """Write ``tables`` one at a time (memory stays one table) to a zstd Parquet file at ``out``: under a temporary
     name, renamed when complete, so a failure never leaves a partial file (nor replaces an older one). ``schema``:
     written when no table comes (an empty file with the right columns). ``constants``: string columns added with one
-    value each (``site``). Returns rows, questions and answers written."""
-    out = Path(out)
+    value each (``site``). Returns rows, questions and answers written. The tables are produced (read, cleaned,
+    joined) as this consumes them, under ``streaming_allocations``."""
+    with streaming_allocations():
+        return _write_tables(tables, Path(out), schema, constants, metadata)
+
+
+def _write_tables(tables, out: Path, schema, constants, metadata) -> dict[str, int]:
     tmp = Path(f"{out}.tmp-{os.getpid()}")
     n = {"rows": 0, "questions": 0, "answers": 0}
     writer = None
