@@ -30,7 +30,7 @@ from typing import Any, Iterable, Literal, Sequence, get_args
 
 from garden_assets.llm.extractive import oracle_extract
 from garden_assets.llm.prompts import dolly_completion, dolly_prompt
-from garden_assets.llm.rag import DEFAULT_RETRIEVAL, Question, fit_rag_prompt, lead_within, retrieve
+from garden_assets.llm.rag import DEFAULT_RETRIEVAL, Question, fit_rag_prompt, lead_within, rag_passages
 from garden_assets.settings import MAX_LENGTH
 
 ROW_COLUMNS = ("instruction", "context", "response", "category", "prompt", "completion", "n_tokens")
@@ -73,6 +73,7 @@ class DatasetOptions(SplitOptions):
     oracle_share: float = 0.8  # train rows whose own answer is among the passages (the RAFT paper's ≈ 80 %)
     rag_mode: str = DEFAULT_RETRIEVAL.mode
     passage_tokens: int | None = DEFAULT_RETRIEVAL.passage_tokens  # as answering cuts them (rag.cap_passage)
+    consensus_pool: int | None = DEFAULT_RETRIEVAL.consensus_pool  # as answering chooses them (rag.rag_passages)
     # train/valid answers keep their leading sentences within this many tokens, cut as passages are cut
     # (rag.lead_within), so an oracle row's target is exactly the passage it shows: the model learns to quote one
     # passage and stop, not to run on past it (test rows keep whole answers: they are the references). None: whole.
@@ -329,8 +330,9 @@ def add_prompts(rows: list[dict[str, Any]], tokenizer, options: DatasetOptions, 
     for r, vector in zip(rows, vectors):
         rng = random.Random(f"{options.seed}:{r['answer_id']}")
         with_oracle = oracle and rng.random() < options.oracle_share
-        hits = retrieve(store, r["instruction"], k=options.rag_k, mode=options.rag_mode, vector=vector,
-                        exclude=held_out | {question_of(r)})
+        hits = rag_passages(store, r["instruction"], k=options.rag_k, mode=options.rag_mode, tokenizer=tokenizer,
+                            passage_tokens=options.passage_tokens, consensus_pool=options.consensus_pool,
+                            vector=vector, exclude=held_out | {question_of(r)})
         if with_oracle:
             own = Hit(r["answer_id"], r["question_id"], r["instruction"], r["response"], r["source_url"], True, 0, 1.0,
                       r["site"])

@@ -208,7 +208,7 @@ def run_evaluation(
                 continue
             began = time.perf_counter()
             assistant = Assistant(generator, store_of(variant, retrieval), k=retrieval.k, mode=retrieval.mode,
-                                  passage_tokens=retrieval.passage_tokens)
+                                  passage_tokens=retrieval.passage_tokens, consensus_pool=retrieval.consensus_pool)
             record(sweep, variant, settings, retrieval,
                    assistant.ask(asked, settings, rag=variant.rag, exclude_question_ids=exclude), began)
         del generator

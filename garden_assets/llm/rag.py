@@ -14,6 +14,7 @@ from typing import Any, Sequence
 
 from ..retrieval.embedder import DEFAULT_KEY, KEYS
 from ..retrieval.search import DEFAULT_K, DEFAULT_MODE, check_mode
+from .consensus import consensus_order
 from .generate import GenerationSettings, TokenBudget
 from .metrics import sentences
 from .prompts import dolly_prompt, rag_prompt
@@ -29,6 +30,9 @@ class RetrievalSetting:
     # each passage keeps its leading sentences within this (None: whole); below max_new_tokens, so that a model that
     # quotes a passage whole still ends within its budget (docs/evaluation.md, recipe runs)
     passage_tokens: int | None = 192
+    # the k passages are the ones most agreed with among this many search hits (consensus.py; measured in
+    # docs/evaluation.md); None or ≤ k: the search order
+    consensus_pool: int | None = 6
 
     def __post_init__(self) -> None:
         if not isinstance(self.k, int) or not 1 <= self.k <= 50:
@@ -39,10 +43,13 @@ class RetrievalSetting:
         if self.passage_tokens is not None and self.passage_tokens < MIN_DOC_TOKENS:
             raise ValueError(f"passage_tokens must be ≥ {MIN_DOC_TOKENS} (None: whole passages), "
                              f"got {self.passage_tokens!r}")
+        if self.consensus_pool is not None and not (isinstance(self.consensus_pool, int) and 1 <= self.consensus_pool <= 50):
+            raise ValueError(f"consensus_pool must be 1..50 hits (None: the search order), got {self.consensus_pool!r}")
 
     def label(self) -> str:
         cap = "" if self.passage_tokens == DEFAULT_PASSAGE_TOKENS else f", passage_tokens={self.passage_tokens}"
-        return f"k={self.k}, {self.key}, {self.mode}{cap}"
+        pool = "" if self.consensus_pool == DEFAULT_RETRIEVAL.consensus_pool else f", consensus_pool={self.consensus_pool}"
+        return f"k={self.k}, {self.key}, {self.mode}{cap}{pool}"
 
 
 DEFAULT_RETRIEVAL = RetrievalSetting()
@@ -169,6 +176,17 @@ def retrieve(store, question: str, *, k: int, mode: str, exclude=(), vector=None
                         vector=vector)
 
 
+def rag_passages(store, question: str, *, k: int, mode: str, tokenizer=None, passage_tokens: int | None,
+                 consensus_pool: int | None, exclude=(), vector=None, site: str | None = None) -> list:
+    """The ``k`` hits a RAG prompt (answering and RAFT training alike) shows: the search's top
+    ``max(k, consensus_pool)``, ordered by consensus over the passages as the prompt cuts them, the first ``k``."""
+    hits = retrieve(store, question, k=max(k, consensus_pool or 0), mode=mode, exclude=exclude, vector=vector, site=site)
+    if (consensus_pool or 0) > k:
+        order = consensus_order([cap_passage(h.text, tokenizer, passage_tokens) for h in hits])
+        hits = [hits[i] for i in order]
+    return hits[:k]
+
+
 def pasted_answer(store, question: Question, *, k: int = 1, mode: str = DEFAULT_MODE, exclude=(),
                   site: str | None = None) -> "Answer":
     """The anchor a user has without any model: the top retrieved answer, pasted as is, with its source."""
@@ -239,7 +257,7 @@ class Assistant:
 
     def __init__(self, generator: TokenBudget, store=None, *, k: int = DEFAULT_RETRIEVAL.k,
                  mode: str = DEFAULT_RETRIEVAL.mode, passage_tokens: int | None = DEFAULT_PASSAGE_TOKENS,
-                 site: str | None = None) -> None:
+                 consensus_pool: int | None = DEFAULT_RETRIEVAL.consensus_pool, site: str | None = None) -> None:
         if k < 1:
             raise ValueError(f"k must be ≥ 1, got {k}")
         self.generator = generator
@@ -247,6 +265,7 @@ class Assistant:
         self.k = k
         self.mode = mode
         self.passage_tokens = passage_tokens
+        self.consensus_pool = consensus_pool
         self.site = site  # retrieve from this site only (None: all)
 
     def ask(self, questions: Sequence[Question], settings: GenerationSettings | None = None, *, rag: bool = True,
@@ -267,7 +286,9 @@ class Assistant:
                 continue
             skip = [exclude_question_ids[i]] if exclude_question_ids else ()
             began = time.perf_counter()
-            hits = retrieve(self.store, text, k=self.k, mode=self.mode, exclude=skip, site=self.site)
+            hits = rag_passages(self.store, text, k=self.k, mode=self.mode, tokenizer=gen.tokenizer,
+                                passage_tokens=self.passage_tokens, consensus_pool=self.consensus_pool, exclude=skip,
+                                site=self.site)
             retrieval_s.append(time.perf_counter() - began)
             fitted.append(fit_rag_prompt(q, hits, gen.count_tokens, budget, tokenizer=gen.tokenizer,
                                          passage_tokens=self.passage_tokens))
