@@ -306,3 +306,35 @@ def test_extract_targets_are_made_of_the_rows_own_passages(tok, raft_store):
     assert all(r["completion"] == dolly_completion(r["response"]) for r in ds.test)
     answer = build_finetune_dataset(pairs, tok, replace(options, rag_target="answer"), store)
     assert answer.stats.extract_rows == 0 and not any("extract_f1" in r for r in answer.train)
+
+
+def test_consensus_puts_the_answer_the_others_restate_first():
+    from garden_assets.llm.consensus import consensus_order
+
+    texts = ["Water it weekly in summer.",
+             "Use rainwater and ericaceous compost; blueberries need acid soil.",
+             "Blueberries want acid soil: ericaceous compost, rainwater, pH 4.5 to 5.5.",
+             "Acid soil and rainwater suit blueberries; ericaceous compost in pots."]
+    order = consensus_order(texts)
+    assert order[-1] == 0 and set(order[:3]) == {1, 2, 3}
+    assert consensus_order(texts[:2]) == [0, 1]  # two texts agree symmetrically: the search order stays
+    assert consensus_order(["same words", "same words", "same words"]) == [0, 1, 2]  # ties keep the order
+
+
+def test_rag_passages_choose_by_consensus_among_the_pool(raft_store):
+    """The k passages come from the top consensus_pool hits, in consensus order; a pool ≤ k keeps the search."""
+    from garden_assets.llm.consensus import consensus_order
+    from garden_assets.llm.rag import rag_passages, retrieve
+
+    _, store = raft_store
+    question = "How deep do I plant garlic?"
+    pool = retrieve(store, question, k=6, mode="vector")
+    chosen = rag_passages(store, question, k=2, mode="vector", passage_tokens=None, consensus_pool=6)
+    expected = [pool[i].answer_id for i in consensus_order([h.text for h in pool])[:2]]
+    assert [h.answer_id for h in chosen] == expected
+    plain = rag_passages(store, question, k=2, mode="vector", passage_tokens=None, consensus_pool=None)
+    assert [h.answer_id for h in plain] == [h.answer_id for h in pool[:2]]
+    assert [h.answer_id for h in rag_passages(store, question, k=2, mode="vector", passage_tokens=None,
+                                              consensus_pool=2)] == [h.answer_id for h in pool[:2]]
+    with pytest.raises(ValueError, match="consensus_pool"):
+        DatasetOptions(rag_k=2, consensus_pool=0)

@@ -86,7 +86,7 @@ class DatasetConfig(SplitConfig):
     oracle_share: float = _DATASET.oracle_share  # train rows whose own answer is one of the passages
     answer_tokens: int | None = _DATASET.answer_tokens  # longer train answers keep their leading sentences
     rag_target: RagTarget = _DATASET.rag_target  # extract: the passages' leads closest to the answer
-    consensus_pool: int | None = _DATASET.consensus_pool  # passages: the most agreed-with among this many hits
+    consensus_pool: int | None = _DATASET.consensus_pool  # None: passages in search order (see DatasetOptions)
     epochs: float = 1.0  # only for the tokens × epochs figure
 
     def options(self) -> DatasetOptions:

@@ -30,7 +30,8 @@ from typing import Any, Iterable, Literal, Sequence, get_args
 
 from garden_assets.llm.extractive import oracle_extract
 from garden_assets.llm.prompts import dolly_completion, dolly_prompt
-from garden_assets.llm.rag import DEFAULT_RETRIEVAL, Question, fit_rag_prompt, lead_within, rag_passages
+from garden_assets.llm.rag import (DEFAULT_RETRIEVAL, Question, check_consensus_pool, fit_rag_prompt, lead_within,
+                                   rag_passages)
 from garden_assets.settings import MAX_LENGTH
 
 ROW_COLUMNS = ("instruction", "context", "response", "category", "prompt", "completion", "n_tokens")
@@ -73,7 +74,9 @@ class DatasetOptions(SplitOptions):
     oracle_share: float = 0.8  # train rows whose own answer is among the passages (the RAFT paper's ≈ 80 %)
     rag_mode: str = DEFAULT_RETRIEVAL.mode
     passage_tokens: int | None = DEFAULT_RETRIEVAL.passage_tokens  # as answering cuts them (rag.cap_passage)
-    consensus_pool: int | None = DEFAULT_RETRIEVAL.consensus_pool  # as answering chooses them (rag.rag_passages)
+    # None: training prompts keep the search order. Choosing them by consensus as answering does
+    # (rag.rag_passages) was measured to teach worse answers (docs/evaluation.md, consensus reranking)
+    consensus_pool: int | None = None
     # train/valid answers keep their leading sentences within this many tokens, cut as passages are cut
     # (rag.lead_within), so an oracle row's target is exactly the passage it shows: the model learns to quote one
     # passage and stop, not to run on past it (test rows keep whole answers: they are the references). None: whole.
@@ -94,6 +97,7 @@ class DatasetOptions(SplitOptions):
             raise ValueError(f"rag_k must be 0..50 passages, got {self.rag_k!r}")
         if self.answer_tokens is not None and self.answer_tokens < 8:
             raise ValueError(f"answer_tokens must be ≥ 8 (None: whole answers), got {self.answer_tokens!r}")
+        check_consensus_pool(self.consensus_pool)
         if not 0 <= self.oracle_share <= 1:
             raise ValueError(f"oracle_share must be in [0, 1], got {self.oracle_share!r}")
 

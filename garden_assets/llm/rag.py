@@ -43,13 +43,17 @@ class RetrievalSetting:
         if self.passage_tokens is not None and self.passage_tokens < MIN_DOC_TOKENS:
             raise ValueError(f"passage_tokens must be ≥ {MIN_DOC_TOKENS} (None: whole passages), "
                              f"got {self.passage_tokens!r}")
-        if self.consensus_pool is not None and not (isinstance(self.consensus_pool, int) and 1 <= self.consensus_pool <= 50):
-            raise ValueError(f"consensus_pool must be 1..50 hits (None: the search order), got {self.consensus_pool!r}")
+        check_consensus_pool(self.consensus_pool)
 
     def label(self) -> str:
         cap = "" if self.passage_tokens == DEFAULT_PASSAGE_TOKENS else f", passage_tokens={self.passage_tokens}"
         pool = "" if self.consensus_pool == DEFAULT_RETRIEVAL.consensus_pool else f", consensus_pool={self.consensus_pool}"
         return f"k={self.k}, {self.key}, {self.mode}{cap}{pool}"
+
+
+def check_consensus_pool(pool: int | None) -> None:
+    if pool is not None and not (isinstance(pool, int) and 1 <= pool <= 50):
+        raise ValueError(f"consensus_pool must be 1..50 hits (None: the search order), got {pool!r}")
 
 
 DEFAULT_RETRIEVAL = RetrievalSetting()
@@ -178,8 +182,8 @@ def retrieve(store, question: str, *, k: int, mode: str, exclude=(), vector=None
 
 def rag_passages(store, question: str, *, k: int, mode: str, tokenizer=None, passage_tokens: int | None,
                  consensus_pool: int | None, exclude=(), vector=None, site: str | None = None) -> list:
-    """The ``k`` hits a RAG prompt (answering and RAFT training alike) shows: the search's top
-    ``max(k, consensus_pool)``, ordered by consensus over the passages as the prompt cuts them, the first ``k``."""
+    """The ``k`` hits a RAG prompt shows: the search's top ``max(k, consensus_pool)``, ordered by consensus over
+    the passages as the prompt cuts them, the first ``k`` (``consensus_pool`` None or ≤ k: the search's top k)."""
     hits = retrieve(store, question, k=max(k, consensus_pool or 0), mode=mode, exclude=exclude, vector=vector, site=site)
     if (consensus_pool or 0) > k:
         order = consensus_order([cap_passage(h.text, tokenizer, passage_tokens) for h in hits])
