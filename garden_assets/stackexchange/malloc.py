@@ -2,9 +2,9 @@
 
 Arrow's buffers come from the C allocator (``garden_assets/__init__.py``). glibc serves a large allocation with
 ``mmap`` and, when it is freed, raises its mmap threshold to that size (up to 32 MB), so from then on buffers of a
-few MB come from the heap, where they fragment: writing a 2 GB drop's ``raw_posts`` grew RSS by 30-45 MB, steadily,
-with the threshold left dynamic, and by ≈ 12 MB with it pinned at 1 MB (measured with the streaming writer alone;
-≈ 5-10 % more time: every large buffer is a fresh mapping). Pinned only while streaming: torch (embedding,
+few MB come from the heap, where they fragment: writing a 2 GB drop's ``raw_posts`` grew RSS by 18-47 MB, steadily,
+with the threshold left dynamic, and by 14-16 MB with it pinned at 1 MB (four runs each of the streaming writer
+alone; 6-13 % more time there, every large buffer being a fresh mapping; no slower through the assets). Pinned only while streaming: torch (embedding,
 training, in the same process under ``make run``) allocates large tensors each step and is faster with them
 reused from the heap. There is no call that hands the threshold back to glibc's dynamic rule, so afterwards it is
 set to 32 MB, where that rule ends up once a large buffer has been freed. Not glibc (macOS, musl): nothing is set.
