@@ -319,6 +319,9 @@ def test_consensus_puts_the_answer_the_others_restate_first():
     assert order[-1] == 0 and set(order[:3]) == {1, 2, 3}
     assert consensus_order(texts[:2]) == [0, 1]  # two texts agree symmetrically: the search order stays
     assert consensus_order(["same words", "same words", "same words"]) == [0, 1, 2]  # ties keep the order
+    # the question votes too: among unrelated answers the one on topic goes first, wherever the search put it
+    unrelated = ["Prune roses in late winter.", "Water succulents every two weeks.", "Citrus peels compost fine."]
+    assert consensus_order(unrelated, "Can I compost citrus peels?")[0] == 2
 
 
 def test_rag_passages_choose_by_consensus_among_the_pool(raft_store):
@@ -330,7 +333,7 @@ def test_rag_passages_choose_by_consensus_among_the_pool(raft_store):
     question = "How deep do I plant garlic?"
     pool = retrieve(store, question, k=6, mode="vector")
     chosen = rag_passages(store, question, k=2, mode="vector", passage_tokens=None, consensus_pool=6)
-    expected = [pool[i].answer_id for i in consensus_order([h.text for h in pool])[:2]]
+    expected = [pool[i].answer_id for i in consensus_order([h.text for h in pool], question)[:2]]
     assert [h.answer_id for h in chosen] == expected
     plain = rag_passages(store, question, k=2, mode="vector", passage_tokens=None, consensus_pool=None)
     assert [h.answer_id for h in plain] == [h.answer_id for h in pool[:2]]

@@ -28,7 +28,7 @@ from .metrics import faithfulness, repeated_ngram_share, rouge_l, token_f1
 from .rag import Answer, Assistant, Question, RetrievalSetting, pasted_answer
 
 VARIANTS = ("retrieved", "base", "base+rag", "tuned", "tuned+rag")
-ROWS_VERSION = 2  # bump when a row's columns or a metric's definition change: cached answers are then redone
+ROWS_VERSION = 3  # bump when a row's columns, a metric's definition or how passages are chosen change: cached answers are redone
 
 
 @dataclass(frozen=True)
