@@ -315,13 +315,14 @@ def test_consensus_puts_the_answer_the_others_restate_first():
              "Use rainwater and ericaceous compost; blueberries need acid soil.",
              "Blueberries want acid soil: ericaceous compost, rainwater, pH 4.5 to 5.5.",
              "Acid soil and rainwater suit blueberries; ericaceous compost in pots."]
-    order = consensus_order(texts)
+    order = consensus_order(texts)  # equal weights: agreement alone decides
     assert order[-1] == 0 and set(order[:3]) == {1, 2, 3}
-    assert consensus_order(texts[:2]) == [0, 1]  # two texts agree symmetrically: the search order stays
+    assert consensus_order(texts, [1.0, 0.95, 0.9, 0.9])[-1] == 0  # scores alike: still agreement
     assert consensus_order(["same words", "same words", "same words"]) == [0, 1, 2]  # ties keep the order
-    # the question votes too: among unrelated answers the one on topic goes first, wherever the search put it
-    unrelated = ["Prune roses in late winter.", "Water succulents every two weeks.", "Citrus peels compost fine."]
-    assert consensus_order(unrelated, "Can I compost citrus peels?")[0] == 2
+    # a hit the search is sure of keeps its place against short off-topic answers that share a few words
+    slugs = ["Ducks. Seriously, a couple of runner ducks cleared my allotment.",
+             "Horse manure is the culprit. Ask me how I know.", "Onion seed is the one that lets me down."]
+    assert consensus_order(slugs)[0] != 0 and consensus_order(slugs, [1.0, 0.26, 0.24])[0] == 0
 
 
 def test_rag_passages_choose_by_consensus_among_the_pool(raft_store):
@@ -333,7 +334,7 @@ def test_rag_passages_choose_by_consensus_among_the_pool(raft_store):
     question = "How deep do I plant garlic?"
     pool = retrieve(store, question, k=6, mode="vector")
     chosen = rag_passages(store, question, k=2, mode="vector", passage_tokens=None, consensus_pool=6)
-    expected = [pool[i].answer_id for i in consensus_order([h.text for h in pool], question)[:2]]
+    expected = [pool[i].answer_id for i in consensus_order([h.text for h in pool], [h.score for h in pool])[:2]]
     assert [h.answer_id for h in chosen] == expected
     plain = rag_passages(store, question, k=2, mode="vector", passage_tokens=None, consensus_pool=None)
     assert [h.answer_id for h in plain] == [h.answer_id for h in pool[:2]]

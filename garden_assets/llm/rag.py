@@ -183,11 +183,11 @@ def retrieve(store, question: str, *, k: int, mode: str, exclude=(), vector=None
 def rag_passages(store, question: str, *, k: int, mode: str, tokenizer=None, passage_tokens: int | None,
                  consensus_pool: int | None, exclude=(), vector=None, site: str | None = None) -> list:
     """The ``k`` hits a RAG prompt shows: the search's top ``max(k, consensus_pool)``, ordered by consensus over
-    the passages as the prompt cuts them and the question, the first ``k`` (``consensus_pool`` None or ≤ k: the
-    search's top k)."""
+    the passages as the prompt cuts them, weighted by the hits' scores, the first ``k`` (``consensus_pool`` None
+    or ≤ k: the search's top k)."""
     hits = retrieve(store, question, k=max(k, consensus_pool or 0), mode=mode, exclude=exclude, vector=vector, site=site)
     if (consensus_pool or 0) > k:
-        order = consensus_order([cap_passage(h.text, tokenizer, passage_tokens) for h in hits], question)
+        order = consensus_order([cap_passage(h.text, tokenizer, passage_tokens) for h in hits], [h.score for h in hits])
         hits = [hits[i] for i in order]
     return hits[:k]
 
