@@ -30,8 +30,8 @@ class RetrievalSetting:
     # each passage keeps its leading sentences within this (None: whole); below max_new_tokens, so that a model that
     # quotes a passage whole still ends within its budget (docs/evaluation.md, recipe runs)
     passage_tokens: int | None = 192
-    # the k passages are the ones most agreed with among this many search hits (consensus.py; measured in
-    # docs/evaluation.md); None or ≤ k: the search order
+    # the k passages: those of this many search hits with the highest expected agreement with the others, weighted
+    # by the search's scores (consensus.py; measured in docs/evaluation.md); None or ≤ k: the search order
     consensus_pool: int | None = 6
 
     def __post_init__(self) -> None:
