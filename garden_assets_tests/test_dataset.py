@@ -325,20 +325,31 @@ def test_consensus_puts_the_answer_the_others_restate_first():
     assert consensus_order(slugs)[0] != 0 and consensus_order(slugs, [1.0, 0.26, 0.24])[0] == 0
 
 
-def test_rag_passages_choose_by_consensus_among_the_pool(raft_store):
-    """The k passages come from the top consensus_pool hits, in consensus order; a pool ≤ k keeps the search."""
+def test_rag_passages_choose_by_consensus_among_the_pool(tmp_path):
+    """The k passages come from the top consensus_pool hits, in consensus order (here the off-topic second hit
+    gives way to an answer the others restate); a pool ≤ k or None keeps the search order."""
     from garden_assets.llm.consensus import consensus_order
     from garden_assets.llm.rag import rag_passages, retrieve
+    from garden_assets.retrieval.store import QAStore
+    from garden_assets.retrieval.testing import HashEmbedder, sample_pairs
 
-    _, store = raft_store
+    rows = [(1, 11, "Garlic?", "Garlic planting depth?", "Garlic garlic planting depth: depends on garlic."),
+            (2, 21, "Cloves?", "How to plant cloves", "Plant each clove 5 cm deep, pointy end up, in autumn; garlic likes sun."),
+            (3, 31, "Autumn garlic", "When", "Plant each clove about 5 cm deep with the pointy end up in autumn; garlic."),
+            (4, 41, "Bulbs", "Bulbs", "Each clove goes 5 cm deep, pointy end up, planted in autumn; that is garlic."),
+            (5, 51, "Roses", "Roses", "Prune roses in late winter."),
+            (6, 61, "Succulents", "Water", "Water succulents every two weeks.")]
+    store = QAStore(tmp_path / "lancedb", HashEmbedder())
+    store.upsert(sample_pairs(rows))
+    store.ensure_indexes()
     question = "How deep do I plant garlic?"
-    pool = retrieve(store, question, k=6, mode="vector")
-    chosen = rag_passages(store, question, k=2, mode="vector", passage_tokens=None, consensus_pool=6)
-    expected = [pool[i].answer_id for i in consensus_order([h.text for h in pool], [h.score for h in pool])[:2]]
-    assert [h.answer_id for h in chosen] == expected
-    plain = rag_passages(store, question, k=2, mode="vector", passage_tokens=None, consensus_pool=None)
-    assert [h.answer_id for h in plain] == [h.answer_id for h in pool[:2]]
-    assert [h.answer_id for h in rag_passages(store, question, k=2, mode="vector", passage_tokens=None,
-                                              consensus_pool=2)] == [h.answer_id for h in pool[:2]]
+    pool = retrieve(store, question, k=6, mode="hybrid")
+    chosen = [h.answer_id for h in rag_passages(store, question, k=2, mode="hybrid", passage_tokens=None,
+                                                consensus_pool=6)]
+    assert chosen == [pool[i].answer_id for i in consensus_order([h.text for h in pool], [h.score for h in pool])[:2]]
+    assert chosen != [h.answer_id for h in pool[:2]] and chosen[1] in {21, 41}  # a restated clove answer
+    for same in (None, 2):
+        assert [h.answer_id for h in rag_passages(store, question, k=2, mode="hybrid", passage_tokens=None,
+                                                  consensus_pool=same)] == [h.answer_id for h in pool[:2]]
     with pytest.raises(ValueError, match="consensus_pool"):
         DatasetOptions(rag_k=2, consensus_pool=0)

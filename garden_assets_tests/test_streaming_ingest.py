@@ -150,7 +150,7 @@ def test_written_files_keep_statistics_only_on_short_columns(tmp_path):
 
 
 def test_streaming_allocations_pin_the_mmap_threshold_once_and_restore_it(monkeypatch):
-    """Nested and threaded uses pin glibc's mmap threshold on the way in and set it back (with a trim) only when
+    """Nested uses pin glibc's mmap threshold on the way in and set it back (with a trim) only when
     the last one leaves; the calls go through to the real libc."""
     from garden_assets.stackexchange import malloc
 
