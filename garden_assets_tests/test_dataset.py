@@ -325,6 +325,35 @@ def test_consensus_puts_the_answer_the_others_restate_first():
     assert consensus_order(slugs)[0] != 0 and consensus_order(slugs, [1.0, 0.26, 0.24])[0] == 0
 
 
+def test_pasted_anchors_search_top_and_consensus_top(tmp_path):
+    """`retrieved` pastes the search's top hit; `reranked` pastes the consensus top of the pool, whole — here an
+    answer that only repeats the question's words tops the search, and a clove answer the others restate wins."""
+    from garden_assets.llm.consensus import consensus_order
+    from garden_assets.llm.rag import Question, pasted_answer, retrieve
+    from garden_assets.retrieval.store import QAStore
+    from garden_assets.retrieval.testing import HashEmbedder, sample_pairs
+
+    rows = [(1, 11, "Garlic?", "Garlic planting depth?", "Garlic? Plant garlic deep, garlic likes it deep."),
+            (2, 21, "Cloves?", "How to plant cloves", "Plant each clove 5 cm deep, pointy end up, in autumn; garlic likes sun."),
+            (3, 31, "Autumn garlic", "When", "Plant each clove about 5 cm deep with the pointy end up in autumn; garlic."),
+            (4, 41, "Bulbs", "Bulbs", "Each clove goes 5 cm deep, pointy end up, planted in autumn; that is garlic."),
+            (5, 51, "Roses", "Roses", "Prune roses in late winter."),
+            (6, 61, "Succulents", "Water", "Water succulents every two weeks.")]
+    store = QAStore(tmp_path / "lancedb", HashEmbedder())
+    store.upsert(sample_pairs(rows))
+    store.ensure_indexes()
+    question = Question("How deep do I plant garlic?")
+    pool = retrieve(store, question.text, k=6, mode="hybrid")
+    top = pool[consensus_order([h.text for h in pool], [h.score for h in pool])[0]]
+    assert pool[0].answer_id == 11 and top.answer_id in {21, 31, 41}
+    assert pasted_answer(store, question).sources[0].answer_id == 11
+    for pool_size in (None, 1):  # no pool, or a pool of one: the search's top hit
+        assert pasted_answer(store, question, consensus_pool=pool_size).sources[0].answer_id == 11
+    reranked = pasted_answer(store, question, consensus_pool=6)
+    assert [s.answer_id for s in reranked.sources] == [top.answer_id] and reranked.answer == top.text
+    assert pasted_answer(store, question, consensus_pool=6, exclude=[top.question_id]).sources[0].answer_id != top.answer_id
+
+
 def test_rag_passages_choose_by_consensus_among_the_pool(tmp_path):
     """The k passages come from the top consensus_pool hits, in consensus order (here the off-topic second hit
     gives way to an answer the others restate); a pool ≤ k or None keeps the search order."""

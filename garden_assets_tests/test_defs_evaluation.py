@@ -47,22 +47,22 @@ def test_four_variants_sweeps_check_and_reuse(env):
     result = materialize(env, config)
     assert result.success
     rows = pl.read_parquet(env[2] / "storage" / "evaluation_answers.parquet")
-    assert rows.height == 3 * (5 + 2 + 2)
+    assert rows.height == 3 * (6 + 2 + 2)
     main = rows.filter(pl.col("sweep") == "main")
-    assert sorted(main["variant"].unique()) == ["base", "base+rag", "retrieved", "tuned", "tuned+rag"]
+    assert sorted(main["variant"].unique()) == ["base", "base+rag", "reranked", "retrieved", "tuned", "tuned+rag"]
     assert set(rows.columns) >= {"answer", "sources", "rouge_l", "token_f1", "latency_s", "new_tokens", "ended",
                                  "repeated_4grams", "faithfulness"}
     assert rows["rouge_l"].is_between(0, 1).all() and rows["token_f1"].is_between(0, 1).all()
-    rag = rows.filter(pl.col("variant").str.ends_with("+rag") | (pl.col("variant") == "retrieved"))
+    rag = rows.filter(pl.col("variant").str.ends_with("+rag") | pl.col("variant").is_in(["retrieved", "reranked"]))
     no_rag = rows.filter(pl.col("variant").is_in(["base", "tuned"]))
     assert (rag["sources"].list.len() > 0).all() and (no_rag["sources"].list.len() == 0).all()
     assert no_rag["faithfulness"].is_null().all()  # nothing cited, nothing to be faithful to
     # the anchor pastes its one source: it ends, does not loop, and its source supports all of it
-    pasted = main.filter(pl.col("variant") == "retrieved")
+    pasted = main.filter(pl.col("variant").is_in(["retrieved", "reranked"]))
     assert (pasted["sources"].list.len() == 1).all() and pasted["ended"].all() and (pasted["new_tokens"] == 0).all()
     assert pasted["faithfulness"].drop_nulls().eq(1.0).all()
     # 6 new tokens from a random tiny model never reach an end: every model answer is marked as cut off
-    assert not main.filter(pl.col("variant") != "retrieved")["ended"].any()
+    assert not main.filter(~pl.col("variant").is_in(["retrieved", "reranked"]))["ended"].any()
     # a held-out question never retrieves its own answers (its references)
     pairs = pl.read_parquet(env[2] / "storage" / "qa_pairs.parquet")
     own = dict(pairs.group_by("question_id").agg("answer_id").iter_rows())
@@ -73,7 +73,7 @@ def test_four_variants_sweeps_check_and_reuse(env):
     assert rows.filter((pl.col("sweep") == "retrieval") & pl.col("retrieval").str.starts_with("k=1"))["sources"].list.len().max() == 1
     meta = result.asset_materializations_for_node("evaluation_answers")[0].metadata
     table = meta["comparison"].value
-    for variant in ("| retrieved ", "| base ", "| base+rag ", "| tuned ", "| tuned+rag "):
+    for variant in ("| retrieved ", "| reranked ", "| base ", "| base+rag ", "| tuned ", "| tuned+rag "):
         assert variant in table
     for column in ("rouge_l", "token_f1", "ended", "repeated_4grams", "faithfulness", "data:image/png"):
         assert column in table

@@ -23,7 +23,7 @@ from .plots import png_markdown, pyplot
 from .resources import GardenPaths
 
 GENERATION = load_profile(asset="generation", defaults=ComputeSpec(device="auto", batch_size=8))
-CPU_QUESTIONS = 8  # the default with transformers on CPU (the fallback): the five variants in ≈ 2 min on 2 cores
+CPU_QUESTIONS = 8  # the default with transformers on CPU (the fallback): the model variants in ≈ 2 min on 2 cores
 # WARN checks: tuned+rag must match or beat this variant on mean token F1
 CHECKS = {"tuned_rag_vs_base_rag": "base+rag", "tuned_rag_vs_retrieved": "retrieved"}
 
@@ -92,8 +92,8 @@ def _plan(config: EvalConfig) -> EvalPlan:
     op_tags=GENERATION.op_tags(),
     pool=GENERATION.pool,
     automation_condition=dg.AutomationCondition.eager(),
-    description="Held-out questions answered by the top retrieved answer (no model) / base / base+RAG / tuned / "
-                "tuned+RAG, scored (ROUGE-L, token F1, ended, repeated 4-grams, faithfulness), with optional sweeps.",
+    description="Held-out questions answered by the top retrieved answer and the top reranked answer (no model) / "
+                "base / base+RAG / tuned / tuned+RAG, scored (ROUGE-L, token F1, ended, repeated 4-grams, faithfulness), with optional sweeps.",
     check_specs=[dg.AssetCheckSpec(name, asset="evaluation_answers",
                                    description=f"Warns when tuned+RAG scores below {anchor} (mean token F1).")
                  for name, anchor in CHECKS.items()],

@@ -8,7 +8,7 @@ import dagster as dg
 import polars as pl
 
 from ..compute import ComputeSpec, load_profile
-from ..llm.dataset import DatasetOptions, RagTarget, prepare_finetune_dataset
+from ..llm.dataset import RAFT_K, DatasetOptions, RagTarget, prepare_finetune_dataset
 from ..llm.gguf_export import export_gguf, has_converter, scripts_dir
 from ..llm.models import PACKAGED_GEMMA, base_model_spec, resolve_base_model, tuned_adapter_path, tuned_model_path
 from ..llm.rag import DEFAULT_RETRIEVAL
@@ -81,8 +81,8 @@ class DatasetConfig(SplitConfig):
 
     max_length: int = _DATASET.max_length  # tokens; longer rows are dropped and counted, never truncated
     # RAFT: passages retrieved into each training prompt (0: no context). The library's default is 0 (it needs no
-    # index); the pipeline has qa_index, so its prompts hold as many passages as answering retrieves.
-    rag_k: int = DEFAULT_RETRIEVAL.k
+    # index); the pipeline has qa_index, so its prompts hold RAFT_K.
+    rag_k: int = RAFT_K
     oracle_share: float = _DATASET.oracle_share  # train rows whose own answer is one of the passages
     answer_tokens: int | None = _DATASET.answer_tokens  # longer train answers keep their leading sentences
     rag_target: RagTarget = _DATASET.rag_target  # extract: the passages' leads closest to the answer

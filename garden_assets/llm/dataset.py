@@ -65,6 +65,11 @@ class SplitOptions:
         return SplitOptions(**{f: getattr(self, f) for f in SplitOptions.__dataclass_fields__})
 
 
+# passages per RAFT training prompt in the pipeline: the oracle or a distractor beside another distractor, so the
+# model learns to tell the passage that answers apart (answering then shows it the consensus top alone, rag.py)
+RAFT_K = 2
+
+
 @dataclass
 class DatasetOptions(SplitOptions):
     """The split's fields (`SplitOptions`), then: max_length: tokens per example, longer rows are dropped."""

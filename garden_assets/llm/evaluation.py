@@ -1,6 +1,7 @@
 """Answer held-out questions every way the talk compares and score them against the reference answers.
 
-Variants: ``retrieved`` (the top retrieved answer pasted as is — no model: the honest anchor), ``base``,
+Variants: ``retrieved`` (the top retrieved answer pasted as is — no model: the honest anchor), ``reranked`` (the
+top answer after consensus reranking, pasted — no model: what the reranker alone gives), ``base``,
 ``base+rag``, ``tuned``, ``tuned+rag``. Every answer is also checked for hygiene: did it end by itself, how much
 of it repeats (4-grams), and how much of it its cited sources support (`metrics.faithfulness`). Sweeps add rows:
 generation settings (one row per setting, on one variant) and retrieval settings (k, key, mode) on one RAG variant — the talk's "Generation
@@ -27,8 +28,9 @@ from .models import require_checkpoint
 from .metrics import faithfulness, repeated_ngram_share, rouge_l, token_f1
 from .rag import Answer, Assistant, Question, RetrievalSetting, pasted_answer
 
-VARIANTS = ("retrieved", "base", "base+rag", "tuned", "tuned+rag")
-ROWS_VERSION = 3  # bump when a row's columns, a metric's definition or how passages are chosen change: cached answers are redone
+PASTED = ("retrieved", "reranked")  # no model: a search hit pasted as is
+VARIANTS = (*PASTED, "base", "base+rag", "tuned", "tuned+rag")
+ROWS_VERSION = 4  # bump when a row's columns, a metric's definition or how passages are chosen change: cached answers are redone
 
 
 @dataclass(frozen=True)
@@ -43,7 +45,7 @@ class Variant:
     def parse(cls, name: str) -> "Variant":
         if name not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {name!r}")
-        if name == "retrieved":
+        if name in PASTED:
             return cls(name, None, True)
         model, _, rag = name.partition("+")
         return cls(name, model, rag == "rag")
@@ -72,7 +74,7 @@ class EvalPlan:
         for v in [*self.variants, self.generation_sweep_variant, self.retrieval_sweep_variant]:
             Variant.parse(v)
         if self.generation_sweep and Variant.parse(self.generation_sweep_variant).model is None:
-            raise ValueError("the generation sweep needs a model variant, not 'retrieved'")
+            raise ValueError(f"the generation sweep needs a model variant, not {self.generation_sweep_variant!r}")
         if self.retrieval_sweep and not Variant.parse(self.retrieval_sweep_variant).rag:
             raise ValueError(f"the retrieval sweep needs a +rag variant, got {self.retrieval_sweep_variant!r}")
 
@@ -195,11 +197,12 @@ def run_evaluation(
         log(f"{sweep}: {variant.name} [{'' if variant.model is None else settings.label()}"
             f"{'; ' + retrieval.label() if variant.rag else ''}] token F1 {mean:.3f} over {len(answers)} questions")
 
-    for sweep, variant, settings, retrieval in jobs:  # no model: the pasted top hit
+    for sweep, variant, settings, retrieval in jobs:  # no model: a pasted hit
         if variant.model is None:
             began, store = time.perf_counter(), store_of(variant, retrieval)
+            pool = retrieval.consensus_pool if variant.name == "reranked" else None
             record(sweep, variant, settings, retrieval, [
-                pasted_answer(store, q, k=retrieval.k, mode=retrieval.mode, exclude=[qid])
+                pasted_answer(store, q, k=retrieval.k, mode=retrieval.mode, exclude=[qid], consensus_pool=pool)
                 for q, qid in zip(asked, exclude)], began)
     for model in plan.models():
         generator = load_generator(model)

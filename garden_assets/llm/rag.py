@@ -24,7 +24,7 @@ MIN_DOC_TOKENS = 32
 
 @dataclass(frozen=True)
 class RetrievalSetting:
-    k: int = DEFAULT_K  # passages per RAG prompt; also what RAFT training prompts hold (docs/evaluation.md)
+    k: int = DEFAULT_K  # passages per RAG prompt (RAFT training prompts: dataset.RAFT_K)
     key: str = DEFAULT_KEY
     mode: str = DEFAULT_MODE
     # each passage keeps its leading sentences within this (None: whole); below max_new_tokens, so that a model that
@@ -193,10 +193,14 @@ def rag_passages(store, question: str, *, k: int, mode: str, tokenizer=None, pas
 
 
 def pasted_answer(store, question: Question, *, k: int = 1, mode: str = DEFAULT_MODE, exclude=(),
-                  site: str | None = None) -> "Answer":
-    """The anchor a user has without any model: the top retrieved answer, pasted as is, with its source."""
+                  site: str | None = None, consensus_pool: int | None = None) -> "Answer":
+    """The anchor a user has without any model: the top retrieved answer, pasted as is, with its source.
+    ``consensus_pool``: the top of that many hits by consensus instead (`rag_passages`, over whole answers: with
+    no model there is no tokenizer to cut them as a prompt does) — what the reranker gives without a model."""
     began = time.perf_counter()
-    hits = retrieve(store, question.text, k=k, mode=mode, exclude=exclude, site=site)
+    hits = (rag_passages(store, question.text, k=1, mode=mode, passage_tokens=None, consensus_pool=consensus_pool,
+                         exclude=exclude, site=site)
+            if (consensus_pool or 0) > 1 else retrieve(store, question.text, k=k, mode=mode, exclude=exclude, site=site))
     seconds = time.perf_counter() - began
     top = hits[:1]
     return Answer(question=question.text.strip(), answer=top[0].text if top else "", rag=True,

@@ -22,7 +22,9 @@ import pyarrow as pa
 Mode = Literal["vector", "fts", "hybrid"]
 MODES: tuple[str, ...] = ("vector", "fts", "hybrid")
 DEFAULT_MODE = "hybrid"
-DEFAULT_K = 2  # passages per RAG prompt (and per RAFT training prompt): RetrievalSetting.k, garden ask --k
+# passages per RAG answer (RetrievalSetting.k, garden ask --k): the consensus top alone — the tuned model quotes one
+# passage, and with two it picks at chance (docs/evaluation.md, consensus reranking; RAFT training prompts hold 2)
+DEFAULT_K = 1
 SEARCH_K = 5  # answers `garden search` lists (and QAStore.search returns) unless told otherwise
 VECTOR_WEIGHT = 0.7  # LanceDB LinearCombinationReranker default
 CANDIDATES = 50  # rows each leg hands to the fusion (min–max over top-5 alone is too jumpy)
