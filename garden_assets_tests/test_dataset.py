@@ -325,15 +325,13 @@ def test_consensus_puts_the_answer_the_others_restate_first():
     assert consensus_order(slugs)[0] != 0 and consensus_order(slugs, [1.0, 0.26, 0.24])[0] == 0
 
 
-def test_pasted_anchors_search_top_and_consensus_top(tmp_path):
-    """`retrieved` pastes the search's top hit; `reranked` pastes the consensus top of the pool, whole — here an
-    answer that only repeats the question's words tops the search, and a clove answer the others restate wins."""
-    from garden_assets.llm.consensus import consensus_order
-    from garden_assets.llm.rag import Question, pasted_answer, retrieve
+def _garlic_store(tmp_path, first_answer: str):
+    """A six-answer index for "How deep do I plant garlic?": ``first_answer``, three clove answers that restate
+    each other, two off-topic ones."""
     from garden_assets.retrieval.store import QAStore
     from garden_assets.retrieval.testing import HashEmbedder, sample_pairs
 
-    rows = [(1, 11, "Garlic?", "Garlic planting depth?", "Garlic? Plant garlic deep, garlic likes it deep."),
+    rows = [(1, 11, "Garlic?", "Garlic planting depth?", first_answer),
             (2, 21, "Cloves?", "How to plant cloves", "Plant each clove 5 cm deep, pointy end up, in autumn; garlic likes sun."),
             (3, 31, "Autumn garlic", "When", "Plant each clove about 5 cm deep with the pointy end up in autumn; garlic."),
             (4, 41, "Bulbs", "Bulbs", "Each clove goes 5 cm deep, pointy end up, planted in autumn; that is garlic."),
@@ -342,6 +340,15 @@ def test_pasted_anchors_search_top_and_consensus_top(tmp_path):
     store = QAStore(tmp_path / "lancedb", HashEmbedder())
     store.upsert(sample_pairs(rows))
     store.ensure_indexes()
+    return store
+
+
+def test_pasted_anchors_search_top_and_consensus_top(tmp_path):
+    """`retrieved` pastes the search's top hit; `reranked` pastes the consensus top of the pool, whole — here an
+    answer that only repeats the question's words tops the search, and a clove answer the others restate wins."""
+    from garden_assets.llm.consensus import consensus_order
+    from garden_assets.llm.rag import Question, pasted_answer, retrieve
+    store = _garlic_store(tmp_path, "Garlic? Plant garlic deep, garlic likes it deep.")
     question = Question("How deep do I plant garlic?")
     pool = retrieve(store, question.text, k=6, mode="hybrid")
     top = pool[consensus_order([h.text for h in pool], [h.score for h in pool])[0]]
@@ -359,18 +366,7 @@ def test_rag_passages_choose_by_consensus_among_the_pool(tmp_path):
     gives way to an answer the others restate); a pool ≤ k or None keeps the search order."""
     from garden_assets.llm.consensus import consensus_order
     from garden_assets.llm.rag import rag_passages, retrieve
-    from garden_assets.retrieval.store import QAStore
-    from garden_assets.retrieval.testing import HashEmbedder, sample_pairs
-
-    rows = [(1, 11, "Garlic?", "Garlic planting depth?", "Garlic garlic planting depth: depends on garlic."),
-            (2, 21, "Cloves?", "How to plant cloves", "Plant each clove 5 cm deep, pointy end up, in autumn; garlic likes sun."),
-            (3, 31, "Autumn garlic", "When", "Plant each clove about 5 cm deep with the pointy end up in autumn; garlic."),
-            (4, 41, "Bulbs", "Bulbs", "Each clove goes 5 cm deep, pointy end up, planted in autumn; that is garlic."),
-            (5, 51, "Roses", "Roses", "Prune roses in late winter."),
-            (6, 61, "Succulents", "Water", "Water succulents every two weeks.")]
-    store = QAStore(tmp_path / "lancedb", HashEmbedder())
-    store.upsert(sample_pairs(rows))
-    store.ensure_indexes()
+    store = _garlic_store(tmp_path, "Garlic garlic planting depth: depends on garlic.")
     question = "How deep do I plant garlic?"
     pool = retrieve(store, question, k=6, mode="hybrid")
     chosen = [h.answer_id for h in rag_passages(store, question, k=2, mode="hybrid", passage_tokens=None,
