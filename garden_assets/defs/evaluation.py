@@ -93,7 +93,8 @@ def _plan(config: EvalConfig) -> EvalPlan:
     pool=GENERATION.pool,
     automation_condition=dg.AutomationCondition.eager(),
     description="Held-out questions answered by the top retrieved answer and the top reranked answer (no model) / "
-                "base / base+RAG / tuned / tuned+RAG, scored (ROUGE-L, token F1, ended, repeated 4-grams, faithfulness), with optional sweeps.",
+                "base / base+RAG / tuned / tuned+RAG, scored (ROUGE-L, token F1, ended, repeated 4-grams, "
+                "faithfulness), with optional sweeps.",
     check_specs=[dg.AssetCheckSpec(name, asset="evaluation_answers",
                                    description=f"Warns when tuned+RAG scores below {anchor} (mean token F1).")
                  for name, anchor in CHECKS.items()],

@@ -198,9 +198,8 @@ def pasted_answer(store, question: Question, *, k: int = 1, mode: str = DEFAULT_
     ``consensus_pool``: the top of that many hits by consensus instead (`rag_passages`, over whole answers: with
     no model there is no tokenizer to cut them as a prompt does) — what the reranker gives without a model."""
     began = time.perf_counter()
-    hits = (rag_passages(store, question.text, k=1, mode=mode, passage_tokens=None, consensus_pool=consensus_pool,
-                         exclude=exclude, site=site)
-            if (consensus_pool or 0) > 1 else retrieve(store, question.text, k=k, mode=mode, exclude=exclude, site=site))
+    hits = rag_passages(store, question.text, k=k, mode=mode, passage_tokens=None, consensus_pool=consensus_pool,
+                        exclude=exclude, site=site)
     seconds = time.perf_counter() - began
     top = hits[:1]
     return Answer(question=question.text.strip(), answer=top[0].text if top else "", rag=True,
