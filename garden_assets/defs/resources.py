@@ -95,8 +95,8 @@ class AtomicParquetIOManager(dg.ConfigurableIOManager, dg.UPathIOManager):
     where the last good output was; an object store's PUT is atomic already.
 
     Written on Dagster's own ``UPathIOManager`` rather than taken from dagster-polars: its Parquet manager imports
-    ``pyarrow.dataset``, which imports pandas (+41 MB in every run process, measured: the ingest assets' peak RSS)
-    for features these assets do not use (datasets, Delta, patito)."""
+    ``pyarrow.dataset``, which imports pandas into every run process for features these assets do not use
+    (datasets, Delta, patito): importing the definitions took 182 MB and 3.6 s with it, 146 MB and 1.5 s without."""
 
     base_dir: str | None = None  # None: the Dagster instance's storage folder
     fs_options: dict[str, Any] | None = None  # fsspec options for an object-store base_dir (credentials, endpoint)
