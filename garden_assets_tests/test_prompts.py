@@ -42,6 +42,15 @@ def test_extract_response():
     assert prompts.extract_response("no markers at all ") == "no markers at all"
 
 
+def test_extract_response_drops_a_copied_rag_scaffold():
+    prompt = prompts.rag_prompt("Slugs?", ["Ducks. Seriously."])
+    assert prompts.extract_response(prompt + "Know this context:\n[1] Ducks. Seriously.\n\n### End") == "Ducks. Seriously."
+    assert prompts.extract_response(prompt + "[2] Beer traps work.") == "Beer traps work."
+    # Only a marker makes it scaffold: text of the answer's own is kept.
+    assert prompts.extract_response("Mind the context:\nslugs hide by day.") == "Mind the context:\nslugs hide by day."
+    assert prompts.extract_response("Use [1] part lime to [3] parts sand.") == "Use [1] part lime to [3] parts sand."
+
+
 def test_rag_prompt():
     text = prompts.rag_prompt("How deep to plant garlic?", ["Plant cloves 5 cm deep.", " ", "Pointy end up."],
                               question_context="Zone 6, clay soil.")

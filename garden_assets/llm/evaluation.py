@@ -30,7 +30,7 @@ from .rag import Answer, Assistant, Question, RetrievalSetting, pasted_answer
 
 PASTED = ("retrieved", "reranked")  # no model: a search hit pasted as is
 VARIANTS = (*PASTED, "base", "base+rag", "tuned", "tuned+rag")
-ROWS_VERSION = 4  # bump when a row's columns, a metric's definition or how passages are chosen change: cached answers are redone
+ROWS_VERSION = 5  # bump when a row's columns, a metric's definition, how passages are chosen or how answers are cut change: cached answers are redone
 
 
 @dataclass(frozen=True)

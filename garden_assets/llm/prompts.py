@@ -7,6 +7,7 @@ drift apart. A training example is ``prompt + completion``; generation sends ``p
 
 from __future__ import annotations
 
+import re
 from typing import Iterable
 
 INTRO = (
@@ -45,14 +46,20 @@ def dolly_text(instruction: str, context: str | None, response: str) -> str:
     return dolly_prompt(instruction, context) + dolly_completion(response)
 
 
+# A model trained to quote a passage sometimes copies the RAG scaffold before it (seen: "Know this context:\n[1] Ducks.
+# …"): a short header line ending in "context:" and the passage's marker belong to the prompt, not to the answer.
+_ECHOED_SCAFFOLD = re.compile(r"^(?:[^\n]{0,40}\bcontext:[ \t]*\n+)?\[\d+\] ", re.IGNORECASE)
+
+
 def extract_response(generated: str) -> str:
-    """The answer in generated text: after ``### Response:`` if it is there, cut at ``### End``."""
+    """The answer in generated text: after ``### Response:`` if it is there, cut at ``### End``, without a copied
+    passage marker (and the context header before it) at its start."""
     text = generated
     if RESPONSE_KEY in text:
         text = text.split(RESPONSE_KEY, 1)[1]
     if END_KEY in text:
         text = text.split(END_KEY, 1)[0]
-    return text.strip()
+    return _ECHOED_SCAFFOLD.sub("", text.strip(), count=1).strip()
 
 
 def passage_marker(n: int) -> str:
