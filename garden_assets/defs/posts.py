@@ -163,7 +163,7 @@ def qa_pairs(context: dg.AssetExecutionContext, paths: GardenPaths, clean_posts:
     if old:  # an older home (one site for all drops): never guess, rebuild
         raise dg.Failure(f"clean_posts of drops {old} predate per-site post ids (no site column): re-materialize "
                          f"raw_posts and clean_posts for them (`make run` does), then qa_pairs")
-    files = [by_drop[k].path if not by_drop[k].local else Path(str(by_drop[k].path)) for k in sorted(by_drop)]
+    files = [by_drop[k].location for k in sorted(by_drop)]
     if not files or not sum(by_drop[k].open().metadata.num_rows for k in by_drop):
         raise dg.Failure("no cleaned posts in any drop: materialize raw_posts/clean_posts for a drop first")
     with staged_parquet(paths, "qa_pairs") as staged:

@@ -60,12 +60,17 @@ class StoredParquet:
 
     @property
     def local(self) -> bool:
-        return getattr(self.path, "protocol", "") in ("", "file", "local")
+        return _is_local(self.path)
+
+    @property
+    def location(self):
+        """A plain ``Path`` for a local file, else the UPath."""
+        return Path(str(self.path)) if self.local else self.path
 
     def open(self):
         from ..stackexchange.keys import open_parquet
 
-        return open_parquet(Path(str(self.path)) if self.local else self.path)
+        return open_parquet(self.location)
 
 
 def staging_path(paths: GardenPaths, name: str) -> Path:

@@ -46,11 +46,6 @@ def dolly_text(instruction: str, context: str | None, response: str) -> str:
     return dolly_prompt(instruction, context) + dolly_completion(response)
 
 
-# A model trained to quote a passage sometimes copies the RAG scaffold before it (seen: "Know this context:\n[1] Ducks.
-# …"): a short header line ending in "context:" and the passage's marker belong to the prompt, not to the answer.
-_ECHOED_SCAFFOLD = re.compile(r"^(?:[^\n]{0,40}\bcontext:[ \t]*\n+)?\[\d+\] ", re.IGNORECASE)
-
-
 def extract_response(generated: str) -> str:
     """The answer in generated text: after ``### Response:`` if it is there, cut at ``### End``, without a copied
     passage marker (and the context header before it) at its start."""
@@ -65,6 +60,13 @@ def extract_response(generated: str) -> str:
 def passage_marker(n: int) -> str:
     """What opens the ``n``-th passage (1-based) in a RAG prompt: the number its source is cited by."""
     return f"[{n}] "
+
+
+# A model trained to quote a passage sometimes copies the RAG scaffold before it (seen: "Know this context:\n[1] Ducks.
+# …"): a short header line ending in "context:" and the passage's marker belong to the prompt, not to the answer.
+# The marker with any number is built from passage_marker, so the two cannot drift apart.
+_ANY_MARKER = re.escape(passage_marker(0)).replace("0", r"\d+")
+_ECHOED_SCAFFOLD = re.compile(r"^(?:[^\n]{0,40}\bcontext:[ \t]*\n+)?" + _ANY_MARKER, re.IGNORECASE)
 
 
 def rag_instruction(question: str, passages: Iterable[str]) -> str:
