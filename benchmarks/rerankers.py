@@ -36,7 +36,7 @@ def main() -> int:
     import polars as pl
     from sklearn.linear_model import Ridge
 
-    from garden_assets.llm.consensus import consensus_order
+    from garden_assets.llm.consensus import consensus_order, consensus_scores
     from garden_assets.llm.evaluation import load_test_questions
     from garden_assets.llm.metrics import token_f1
     from garden_assets.llm.rag import retrieve
@@ -53,10 +53,9 @@ def main() -> int:
     store = open_store(lance_uri(), key="question+answer", storage_options=lance_storage_options())
 
     def features(hits) -> np.ndarray:
-        w = [max(h.score, 0.0) for h in hits]
-        agree = [[1.0 if i == j else token_f1(a.text, b.text) for j, b in enumerate(hits)] for i, a in enumerate(hits)]
-        expected = [sum(wj * f for wj, f in zip(w, row)) for row in agree]
-        others = [(sum(row) - 1) / max(len(row) - 1, 1) for row in agree]
+        texts, w = [h.text for h in hits], [max(h.score, 0.0) for h in hits]
+        expected = consensus_scores(texts, w)
+        others = [(agreement - 1) / max(len(hits) - 1, 1) for agreement in consensus_scores(texts)]  # unweighted
         return np.array([[w[i] / (max(w) or 1), i, expected[i] / (max(expected) or 1), math.log1p(max(h.answer_score, 0)),
                           float(h.is_accepted), math.log1p(len(h.text.split())), others[i]] for i, h in enumerate(hits)])
 

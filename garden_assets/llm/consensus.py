@@ -17,9 +17,9 @@ from collections.abc import Sequence
 from .metrics import token_f1
 
 
-def consensus_order(texts: Sequence[str], weights: Sequence[float] | None = None) -> list[int]:
-    """Indices of ``texts`` by expected agreement, highest first (``weights``: the hits' relevance scores, higher
-    is better; negative ones count as 0; None or all 0: equal). Ties keep the given order."""
+def consensus_scores(texts: Sequence[str], weights: Sequence[float] | None = None) -> list[float]:
+    """Each text's expected agreement (``weights``: the hits' relevance scores, higher is better; negative ones
+    count as 0; None or all 0: equal)."""
     n = len(texts)
     w = [max(float(x), 0.0) for x in weights] if weights is not None else [1.0] * n
     if not any(w):
@@ -30,4 +30,10 @@ def consensus_order(texts: Sequence[str], weights: Sequence[float] | None = None
             f1 = token_f1(texts[i], texts[j])
             expected[i] += w[j] * f1
             expected[j] += w[i] * f1
-    return sorted(range(n), key=lambda i: -expected[i])
+    return expected
+
+
+def consensus_order(texts: Sequence[str], weights: Sequence[float] | None = None) -> list[int]:
+    """Indices of ``texts`` by expected agreement (`consensus_scores`), highest first. Ties keep the given order."""
+    expected = consensus_scores(texts, weights)
+    return sorted(range(len(texts)), key=lambda i: -expected[i])
