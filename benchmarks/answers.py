@@ -32,7 +32,8 @@ from garden_assets.settings import Layout  # noqa: E402
 RELAXED_CLEAN = {"min_score": 0, "max_body_chars": 2000}
 TEST_FRACTION = 0.25
 STAGES = ("ingest", "pairs+index", "base_model", "dataset", "training", "evaluation")
-COLUMNS = ("variant", "questions", "token_f1", "rouge_l", "ended", "repeated_4grams", "faithfulness", "seconds")
+COLUMNS = ("variant", "questions", "token_f1", "rouge_l", "ended", "repeated_4grams", "faithfulness", "quoted",
+           "seconds")
 
 
 def main() -> int:
@@ -132,7 +133,7 @@ def run(home: Path, drops: Path, name: str, site: str, base: str | None, args) -
             raise SystemExit(f"{label} failed: {failure[0].step_failure_data.error or failure[0].step_failure_data}"
                              if failure else f"{label} failed")
     rows = pl.read_parquet(Layout(home).storage / "evaluation_answers.parquet")
-    table = [{**({} if r["sweep"] == "main" else {"sweep": r["sweep"], "setting": r["setting"]}),
+    table = [{**({} if r["sweep"] == "main" else {"sweep": r["sweep"], "setting": r["setting"], "retrieval": r["retrieval"]}),
               **{k: r[k] for k in COLUMNS}} for r in summarize(rows).iter_rows(named=True)]
     return {"table": table, "questions": rows["question_id"].n_unique(), "stages": stages,
             "wall_s": time.perf_counter() - began}

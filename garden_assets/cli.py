@@ -221,7 +221,8 @@ def _ask(args: argparse.Namespace) -> int:
                                        precision=profile.resolve_precision(),
                                        max_context_tokens=args.max_context_tokens, log=note)
             label += f" via {describe(generator)}"
-            [answer] = Assistant(generator, store, k=args.k, mode=args.mode, site=_site(args.site)).ask(
+            [answer] = Assistant(generator, store, k=args.k, mode=args.mode, site=_site(args.site),
+                                 quote_unsupported=not args.no_quote_unsupported).ask(
                 [Question(question, args.context or "")], settings, rag=not args.no_rag)
     except ValueError as e:
         raise UsageError(f"ask: {e}") from None
@@ -230,6 +231,9 @@ def _ask(args: argparse.Namespace) -> int:
                           **answer.to_dict()}, default=str))
         return 0
     print(answer.answer or "(the model wrote nothing before ### End)")
+    if answer.quoted:
+        note(f"the model's answer was not supported by its source, so this is the source itself "
+             f"(--no-quote-unsupported shows the model's): {answer.model_answer!r}")
     for alt in answer.alternatives:
         print(f"\n--- alternative ---\n{alt}")
     if answer.sources:
@@ -280,6 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-model", action="store_true",
                    help="no model: print the top retrieved answer as is (the evaluation's `retrieved` anchor)")
     p.add_argument("--k", type=int, default=DEFAULT_RETRIEVAL.k, help="documents to retrieve")
+    p.add_argument("--no-quote-unsupported", action="store_true",
+                   help="print the model's answer even when its sources do not support it (default: the top source)")
     _add_retrieval_flags(p)
     p.add_argument("--site", help="retrieve only from this site (e.g. coffee.stackexchange.com)")
     p.add_argument("--context", help="more detail about the question (the Input: block)")

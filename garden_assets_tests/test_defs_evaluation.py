@@ -10,6 +10,7 @@ import pytest
 
 from garden_assets.defs import evaluation, finetune, index, posts
 from garden_assets.defs.resources import GardenPaths
+from garden_assets.llm.rag import RetrievalSetting
 from .tiny_models import tiny_random_model
 
 from .dagster_env import PARTITION, sample_env
@@ -43,20 +44,27 @@ def materialize(env, config, **kw):
 
 def test_four_variants_sweeps_check_and_reuse(env):
     config = eval_config(generation_sweep=[{"max_new_tokens": 4, "repetition_penalty": 1.3}, {"num_beams": 2}],
-                         retrieval_sweep=[{"k": 1}, {"k": 2, "mode": "vector"}])
+                         retrieval_sweep=[{"k": 1}, {"k": 2, "mode": "vector"}, {"quote_unsupported": False}])
     result = materialize(env, config)
     assert result.success
     rows = pl.read_parquet(env[2] / "storage" / "evaluation_answers.parquet")
-    assert rows.height == 3 * (6 + 2 + 2)
+    assert rows.height == 3 * (6 + 2 + 3)
     main = rows.filter(pl.col("sweep") == "main")
     assert sorted(main["variant"].unique()) == ["base", "base+rag", "reranked", "retrieved", "tuned", "tuned+rag"]
     assert set(rows.columns) >= {"answer", "sources", "rouge_l", "token_f1", "latency_s", "new_tokens", "ended",
-                                 "repeated_4grams", "faithfulness"}
+                                 "repeated_4grams", "faithfulness", "quoted", "model_answer"}
     assert rows["rouge_l"].is_between(0, 1).all() and rows["token_f1"].is_between(0, 1).all()
     rag = rows.filter(pl.col("variant").str.ends_with("+rag") | pl.col("variant").is_in(["retrieved", "reranked"]))
     no_rag = rows.filter(pl.col("variant").is_in(["base", "tuned"]))
     assert (rag["sources"].list.len() > 0).all() and (no_rag["sources"].list.len() == 0).all()
     assert no_rag["faithfulness"].is_null().all()  # nothing cited, nothing to be faithful to
+    # only a model's RAG answer can be replaced by its source, and then the model's text is kept beside it
+    assert not rows.filter(~pl.col("variant").str.ends_with("+rag"))["quoted"].any()
+    assert rows["model_answer"].is_not_null().to_list() == rows["quoted"].to_list()
+    models = rows.filter(~pl.col("variant").is_in(["retrieved", "reranked"]))
+    assert rows.filter(pl.col("variant").is_in(["retrieved", "reranked"]))["model_token_f1"].is_null().all()
+    own = models.filter(~pl.col("quoted"))  # not quoted: the model's own scores are the answer's
+    assert own["model_token_f1"].to_list() == own["token_f1"].to_list()
     # the anchor pastes its one source: it ends, does not loop, and its source supports all of it
     pasted = main.filter(pl.col("variant").is_in(["retrieved", "reranked"]))
     assert (pasted["sources"].list.len() == 1).all() and pasted["ended"].all() and (pasted["new_tokens"] == 0).all()
@@ -68,14 +76,17 @@ def test_four_variants_sweeps_check_and_reuse(env):
     own = dict(pairs.group_by("question_id").agg("answer_id").iter_rows())
     for qid, ids in rag.select("question_id", "source_ids").iter_rows():
         assert not set(ids) & set(own[qid])
-    assert sorted(rows.filter(pl.col("sweep") == "retrieval")["retrieval"].unique()) == [
-        "k=1, question+answer, hybrid", "k=2, question+answer, vector"]
+    unguarded = RetrievalSetting(quote_unsupported=False).label()
+    assert sorted(rows.filter(pl.col("sweep") == "retrieval")["retrieval"].unique()) == sorted([
+        "k=1, question+answer, hybrid", "k=2, question+answer, vector", unguarded])
+    assert unguarded.endswith(", quote_unsupported=False")
+    assert not rows.filter(pl.col("retrieval") == unguarded)["quoted"].any()
     assert rows.filter((pl.col("sweep") == "retrieval") & pl.col("retrieval").str.starts_with("k=1"))["sources"].list.len().max() == 1
     meta = result.asset_materializations_for_node("evaluation_answers")[0].metadata
     table = meta["comparison"].value
     for variant in ("| retrieved ", "| reranked ", "| base ", "| base+rag ", "| tuned ", "| tuned+rag "):
         assert variant in table
-    for column in ("rouge_l", "token_f1", "ended", "repeated_4grams", "faithfulness", "data:image/png"):
+    for column in ("rouge_l", "token_f1", "ended", "quoted", "repeated_4grams", "faithfulness", "data:image/png"):
         assert column in table
     assert "max_new_tokens=4, repetition_penalty=1.3" in meta["generation_sweep"].value
     assert "max_new_tokens=6, num_beams=2" in meta["generation_sweep"].value  # a sweep row keeps the main settings

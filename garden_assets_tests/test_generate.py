@@ -188,20 +188,23 @@ def test_generation_stops_a_loop_and_cuts_the_repeat(generator):
         assert f.text.startswith(s.text) and len(s.text) < len(f.text)
 
 
-def test_repeated_ngrams_and_faithfulness():
+def bag_of_words(texts):
+    """Unit bag-of-words vectors: identical sentences → cosine 1.0, disjoint ones → 0.0 (a stand-in embedder)."""
     import numpy as np
 
+    vocab = sorted({w for t in texts for w in t.lower().split()})
+    v = np.array([[t.lower().split().count(w) for w in vocab] for t in texts], dtype=float)
+    return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-9)
+
+
+def test_repeated_ngrams_and_faithfulness():
+    embed = bag_of_words
     from garden_assets.llm.metrics import faithfulness, repeated_ngram_share, sentences
 
     assert repeated_ngram_share("water the roots deeply once a week") == 0.0
     loop = "I have had problems with acidic soil. " * 4
     assert repeated_ngram_share(loop) > 0.6 and repeated_ngram_share("") == 0.0
     assert sentences("Yes. Water them deeply every week. Hope this helps!") == ["Water them deeply every week."]
-
-    def embed(texts):  # bag-of-words vectors: identical sentences → 1.0, disjoint ones → 0.0
-        vocab = sorted({w for t in texts for w in t.lower().split()})
-        v = np.array([[t.lower().split().count(w) for w in vocab] for t in texts], dtype=float)
-        return v / np.linalg.norm(v, axis=1, keepdims=True)
 
     source = "Blueberries want acidic soil around pH 5. Add pine needles as mulch every spring."
     assert faithfulness("Blueberries want acidic soil around pH 5.", [source], embed) == 1.0
@@ -219,3 +222,74 @@ def test_a_quoted_passage_fits_the_answer_budget():
     budget = GenerationSettings().max_new_tokens
     assert DEFAULT_RETRIEVAL.passage_tokens + 8 <= budget  # "\n\n### End" and EOS are < 8 tokens
     assert DatasetOptions().answer_tokens == DEFAULT_RETRIEVAL.passage_tokens
+
+
+SOURCE = "Blueberries want acidic soil around pH 5. Add pine needles as mulch every spring."
+
+
+def test_an_unsupported_rag_answer_is_replaced_by_its_top_source():
+    from garden_assets.llm.rag import Answer, Source, grounded
+
+    sources = [Source(1, 10, "Soil for blueberries?", "https://x/a/1", 0.9), Source(2, 20, "Roses?", "https://x/a/2", 0.5)]
+    passages = [SOURCE, "Roses love a sunny south wall."]
+
+    def answer(text):
+        return Answer(question="What soil do blueberries like?", answer=text, sources=sources, rag=True,
+                      passages=passages)
+
+    kept = answer("Blueberries want acidic soil around pH 5. Roses love a sunny south wall.")
+    assert grounded(kept, bag_of_words) is kept  # every sentence supported (by either passage)
+    half = answer("Blueberries want acidic soil around pH 5. I think my cat ate the hose pipe.")
+    assert grounded(half, bag_of_words) is half  # half supported: not a majority unsupported
+    short = answer("Pine needles.")  # nothing long enough to judge: kept
+    assert grounded(short, bag_of_words) is short
+    for text in ("I'm not sure what you're talking about.", ""):
+        quoted = grounded(answer(text), bag_of_words)
+        assert quoted.quoted and quoted.model_answer == text
+        assert quoted.answer == SOURCE and quoted.passages == [SOURCE] and [s.answer_id for s in quoted.sources] == [1]
+
+
+class _Store:
+    """A one-hit index: ``search`` always finds SOURCE; ``embedder`` is the bag-of-words stand-in."""
+
+    class embedder:
+        embed = staticmethod(bag_of_words)
+
+    def search(self, question, k, mode, where=None, vector=None):
+        return [Hit(answer_id=1, question_id=10, title="Soil for blueberries?", text=SOURCE,
+                    source_url="https://x/a/1", is_accepted=True, answer_score=3, score=0.9)][:k]
+
+
+def test_the_assistant_quotes_the_source_unless_told_not_to(generator, monkeypatch):
+    """A real generation whose text is replaced by an unsupported sentence (the tiny random model writes token
+    soup, too short to judge): by default the answer is the source; with ``quote_unsupported=False`` the model's."""
+    import dataclasses
+
+    unsure = "I'm not sure what you're talking about."
+    real = generator.generate
+    monkeypatch.setattr(generator, "generate", lambda prompts, settings: [
+        [dataclasses.replace(o, text=unsure) for o in outs] for outs in real(prompts, settings)])
+    settings = GenerationSettings(max_new_tokens=8)
+    question = [Question("What soil do blueberries like?")]
+    [quoted] = Assistant(generator, _Store()).ask(question, settings)
+    [raw] = Assistant(generator, _Store(), quote_unsupported=False).ask(question, settings)
+    assert not raw.quoted and raw.model_answer is None and raw.answer == unsure
+    assert quoted.quoted and quoted.answer == SOURCE and quoted.model_answer == unsure
+    assert quoted.new_tokens == raw.new_tokens > 0  # the generation is still reported
+    [no_rag] = Assistant(generator, _Store()).ask(question, settings, rag=False)
+    assert not no_rag.quoted and no_rag.answer == unsure  # nothing cited: nothing to quote
+
+
+def test_a_quoted_answer_is_scored_as_printed_and_as_the_model_wrote_it():
+    from garden_assets.llm.evaluation import EvalQuestion, Variant, answer_row
+    from garden_assets.llm.rag import DEFAULT_RETRIEVAL, Answer, Source, grounded
+
+    unsure = "I'm not sure what you're talking about."
+    quoted = grounded(Answer(question="Soil for blueberries?", answer=unsure, rag=True, passages=[SOURCE],
+                             sources=[Source(1, 10, "Soil?", "https://x/a/1", 0.9)]), bag_of_words)
+    q = EvalQuestion(question_id=5, instruction="Soil for blueberries?", context="",
+                     references=["Acidic soil, pH 5, with pine needles as mulch."])
+    row = answer_row("main", Variant.parse("tuned+rag"), GenerationSettings(), DEFAULT_RETRIEVAL, q, quoted, _Store())
+    assert row["quoted"] and row["answer"] == SOURCE and row["model_answer"] == unsure
+    assert row["token_f1"] == round(token_f1(SOURCE, q.references[0]), 4) > row["model_token_f1"] == 0.0
+    assert row["faithfulness"] == 1.0 and row["model_faithfulness"] == 0.0

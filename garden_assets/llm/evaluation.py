@@ -3,7 +3,8 @@
 Variants: ``retrieved`` (the top retrieved answer pasted as is — no model: the honest anchor), ``reranked`` (the
 top answer after consensus reranking, pasted — no model: what the reranker alone gives), ``base``,
 ``base+rag``, ``tuned``, ``tuned+rag``. Every answer is also checked for hygiene: did it end by itself, how much
-of it repeats (4-grams), and how much of it its cited sources support (`metrics.faithfulness`). Sweeps add rows:
+of it repeats (4-grams), and how much of it its cited sources support (`metrics.faithfulness`); a RAG answer they
+mostly do not support is replaced by its top passage, as `garden ask` does (`rag.grounded`; counted as ``quoted``). Sweeps add rows:
 generation settings (one row per setting, on one variant) and retrieval settings (k, key, mode) on one RAG variant — the talk's "Generation
 Tuning" and "Database Search Tuning" tables. Each model is loaded once; each (variant, setting) is one batched
 generation over all questions. Retrieval skips the held-out question's own answers (they are its references).
@@ -30,7 +31,7 @@ from .rag import Answer, Assistant, Question, RetrievalSetting, pasted_answer
 
 PASTED = ("retrieved", "reranked")  # no model: a search hit pasted as is
 VARIANTS = (*PASTED, "base", "base+rag", "tuned", "tuned+rag")
-ROWS_VERSION = 5  # bump when a row's columns, a metric's definition, how passages are chosen or how answers are cut change: cached answers are redone
+ROWS_VERSION = 6  # bump when a row's columns, a metric's definition, how passages are chosen or how answers are cut change: cached answers are redone
 
 
 @dataclass(frozen=True)
@@ -211,12 +212,14 @@ def run_evaluation(
                 continue
             began = time.perf_counter()
             assistant = Assistant(generator, store_of(variant, retrieval), k=retrieval.k, mode=retrieval.mode,
-                                  passage_tokens=retrieval.passage_tokens, consensus_pool=retrieval.consensus_pool)
+                                  passage_tokens=retrieval.passage_tokens, consensus_pool=retrieval.consensus_pool,
+                                  quote_unsupported=retrieval.quote_unsupported)
             record(sweep, variant, settings, retrieval,
                    assistant.ask(asked, settings, rag=variant.rag, exclude_question_ids=exclude), began)
         del generator
     return pl.DataFrame(rows, schema_overrides={"sources": pl.List(pl.String), "source_ids": pl.List(pl.Int64),
-                                                "faithfulness": pl.Float64})
+                                                "faithfulness": pl.Float64, "model_answer": pl.String,
+                                                "model_token_f1": pl.Float64, "model_faithfulness": pl.Float64})
 
 
 def answer_row(sweep: str, variant: Variant, settings: GenerationSettings, retrieval: RetrievalSetting,
@@ -224,14 +227,21 @@ def answer_row(sweep: str, variant: Variant, settings: GenerationSettings, retri
     """One scored answer: reference scores, hygiene (ended, repeated 4-grams) and faithfulness to its sources."""
     r, f = score(a.answer, q.references)
     faithful = faithfulness(a.answer, a.passages, store.embedder.embed) if store is not None else None
+    own_f1, own_faithful = f, faithful  # the model's own text, before `grounded` quoted its source instead
+    if a.quoted:
+        own_f1 = score(a.model_answer, q.references)[1]
+        own_faithful = faithfulness(a.model_answer, a.passages, store.embedder.embed)
     return {
         "sweep": sweep, "variant": variant.name, "setting": settings.label() if variant.model else "",
         "retrieval": retrieval.label() if variant.rag else "", "question_id": q.question_id,
         "question": q.instruction, "reference": q.references[0], "answer": a.answer,
         "sources": [s.url for s in a.sources], "source_ids": [s.answer_id for s in a.sources],
-        "rouge_l": round(r, 4), "token_f1": round(f, 4), "ended": a.ended, "looped": a.looped,
+        "rouge_l": round(r, 4), "token_f1": round(f, 4), "ended": a.ended, "looped": a.looped, "quoted": a.quoted,
+        "model_answer": a.model_answer,
         "repeated_4grams": round(repeated_ngram_share(a.answer, 4), 4),
         "faithfulness": None if faithful is None else round(faithful, 4),
+        "model_token_f1": round(own_f1, 4) if variant.model else None,
+        "model_faithfulness": None if own_faithful is None or not variant.model else round(own_faithful, 4),
         "latency_s": a.latency_s, "new_tokens": a.new_tokens, "prompt_tokens": a.prompt_tokens,
         "tokens_per_s": a.batch_tokens_per_s, "docs_trimmed": a.docs_trimmed, "docs_dropped": a.docs_dropped,
     }
@@ -239,7 +249,8 @@ def answer_row(sweep: str, variant: Variant, settings: GenerationSettings, retri
 
 def summarize(rows: pl.DataFrame) -> pl.DataFrame:
     """One line per (sweep, variant, setting, retrieval): mean scores, share of answers that ended by themselves,
-    mean share of repeated 4-grams, mean faithfulness (RAG variants), p50 latency, tokens/s and the wall seconds
+    share replaced by their top passage (`rag.grounded`; ``model_token_f1`` / ``model_faithfulness``: the model's own
+    text scored, quoted or not), mean share of repeated 4-grams, mean faithfulness (RAG variants), p50 latency, tokens/s and the wall seconds
     of the whole batch of answers."""
     return (
         rows.group_by("sweep", "variant", "setting", "retrieval", maintain_order=True)
@@ -249,8 +260,11 @@ def summarize(rows: pl.DataFrame) -> pl.DataFrame:
             pl.col("token_f1").mean().round(4),
             pl.col("ended").mean().round(3),
             pl.col("looped").mean().round(3),
+            pl.col("quoted").mean().round(3),
             pl.col("repeated_4grams").mean().round(4),
             pl.col("faithfulness").mean().round(3),
+            pl.col("model_token_f1").mean().round(4),
+            pl.col("model_faithfulness").mean().round(3),
             pl.col("latency_s").median().round(2).alias("latency_p50_s"),
             pl.col("job_seconds").first().alias("seconds"),
             pl.col("tokens_per_s").mean().round(1),

@@ -8,6 +8,7 @@ counted and only documents that made it into the prompt are returned as sources.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
@@ -16,10 +17,11 @@ from ..retrieval.embedder import DEFAULT_KEY, KEYS
 from ..retrieval.search import DEFAULT_K, DEFAULT_MODE, check_mode
 from .consensus import consensus_order
 from .generate import GenerationSettings, TokenBudget
-from .metrics import sentences
+from .metrics import faithfulness, sentences
 from .prompts import dolly_prompt, rag_prompt
 
 MIN_DOC_TOKENS = 32
+QUOTE_BELOW = 0.5  # `grounded`: a majority of the answer's judged sentences unsupported → quote the source
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,9 @@ class RetrievalSetting:
     # the k passages: those of this many search hits with the highest expected agreement with the others, weighted
     # by the search's scores (consensus.py; measured in docs/evaluation.md); None or ≤ k: the search order
     consensus_pool: int | None = 6
+    # a model answer whose passages support fewer than half of its sentences is replaced by the top passage it cites
+    # (`grounded`): a RAG answer never says what its source does not
+    quote_unsupported: bool = True
 
     def __post_init__(self) -> None:
         if not isinstance(self.k, int) or not 1 <= self.k <= 50:
@@ -48,7 +53,8 @@ class RetrievalSetting:
     def label(self) -> str:
         cap = "" if self.passage_tokens == DEFAULT_PASSAGE_TOKENS else f", passage_tokens={self.passage_tokens}"
         pool = "" if self.consensus_pool == DEFAULT_RETRIEVAL.consensus_pool else f", consensus_pool={self.consensus_pool}"
-        return f"k={self.k}, {self.key}, {self.mode}{cap}{pool}"
+        quote = "" if self.quote_unsupported else ", quote_unsupported=False"
+        return f"k={self.k}, {self.key}, {self.mode}{cap}{pool}{quote}"
 
 
 def check_consensus_pool(pool: int | None) -> None:
@@ -138,6 +144,8 @@ class Answer:
     looped: bool = False  # stopped because it began repeating itself (GenerationSettings.stop_loop_tokens)
     alternatives: list[str] = field(default_factory=list)  # num_return_sequences > 1
     passages: list[str] = field(default_factory=list)  # the source texts as the prompt showed them
+    quoted: bool = False  # the model's answer was unsupported by its passages: ``answer`` is the top passage
+    model_answer: str | None = None  # what the model wrote, when ``quoted``
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -260,12 +268,30 @@ def _trim_to_fit(question, context, passages, doc, count_tokens, limit, tokenize
     return None
 
 
+def grounded(answer: "Answer", embed, threshold: float = QUOTE_BELOW) -> "Answer":
+    """``answer`` if its passages support at least ``threshold`` of its sentences (`metrics.faithfulness`; an answer
+    with no sentence long enough to judge is kept), else the top passage as the answer, with that one source and
+    the model's text kept in ``model_answer``. Why: a small tuned model sometimes restates the question or writes
+    "I'm not sure what you're talking about." beside a passage that answers it; the passage is the better answer,
+    and an unsupported one is what RAG must not print. The judge is the evaluation's own faithfulness measure, so
+    the evaluation counts these answers (``quoted``) beside their scores."""
+    if not answer.passages or not answer.answer.strip():
+        support = 0.0 if answer.passages else None
+    else:
+        support = faithfulness(answer.answer, answer.passages, embed)
+    if support is None or support >= threshold:
+        return answer
+    return dataclasses.replace(answer, answer=answer.passages[0], sources=answer.sources[:1],
+                               passages=answer.passages[:1], quoted=True, model_answer=answer.answer)
+
+
 class Assistant:
     """Answers questions with one model, with or without retrieval from a `QAStore`."""
 
     def __init__(self, generator: TokenBudget, store=None, *, k: int = DEFAULT_RETRIEVAL.k,
                  mode: str = DEFAULT_RETRIEVAL.mode, passage_tokens: int | None = DEFAULT_PASSAGE_TOKENS,
-                 consensus_pool: int | None = DEFAULT_RETRIEVAL.consensus_pool, site: str | None = None) -> None:
+                 consensus_pool: int | None = DEFAULT_RETRIEVAL.consensus_pool, site: str | None = None,
+                 quote_unsupported: bool = DEFAULT_RETRIEVAL.quote_unsupported) -> None:
         if k < 1:
             raise ValueError(f"k must be ≥ 1, got {k}")
         self.generator = generator
@@ -275,6 +301,7 @@ class Assistant:
         self.passage_tokens = passage_tokens
         self.consensus_pool = consensus_pool
         self.site = site  # retrieve from this site only (None: all)
+        self.quote_unsupported = quote_unsupported  # RAG answers go through `grounded`
 
     def ask(self, questions: Sequence[Question], settings: GenerationSettings | None = None, *, rag: bool = True,
             exclude_question_ids: Sequence[tuple[str, int] | int | None] | None = None) -> list[Answer]:
@@ -304,11 +331,12 @@ class Assistant:
         answers = []
         for q, f, r, outs in zip(questions, fitted, retrieval_s, outputs):
             best = outs[0]
-            answers.append(Answer(
+            answer = Answer(
                 question=q.text.strip(), answer=best.text, sources=f.sources, rag=rag, prompt_tokens=f.prompt_tokens,
                 new_tokens=best.new_tokens, latency_s=round(r + best.latency_s, 3), retrieval_s=round(r, 4),
                 batch_tokens_per_s=round(best.batch_tokens_per_s, 2), docs_retrieved=f.docs_retrieved,
                 docs_trimmed=f.docs_trimmed, docs_dropped=f.docs_dropped, ended=best.ended, looped=best.looped,
                 alternatives=[o.text for o in outs[1:]], passages=f.passages,
-            ))
+            )
+            answers.append(grounded(answer, self.store.embedder.embed) if rag and self.quote_unsupported else answer)
         return answers
