@@ -27,11 +27,12 @@ def test_garden_ask_answers_with_sources_from_the_packaged_gemma(tmp_path):
     env.pop("GARDEN_LANCE_URI", None)
     proc = subprocess.run(
         [sys.executable, "-m", "garden_assets.cli", "ask", "Can I put citrus peels in my compost?", "--model", "base",
-         "--k", "2", "--max-new-tokens", "24", "--json"],
+         "--k", "2", "--max-new-tokens", "24", "--no-quote-unsupported", "--json"],
         capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     answer = json.loads(proc.stdout.strip().splitlines()[-1])
     assert answer["rag"] and answer["answer"].strip() and 0 < answer["new_tokens"] <= 24
+    assert not answer["quoted"] and answer["model_answer"] is None  # the model's own text, as asked
     urls = set(pairs["source_url"])
     assert len(answer["sources"]) == 2 and {s["url"] for s in answer["sources"]} <= urls
     assert answer["sources"][0]["answer_id"] == 51  # the citrus-peel answer ranks first
