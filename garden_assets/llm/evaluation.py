@@ -4,8 +4,8 @@ Variants: ``retrieved`` (the top retrieved answer pasted as is — no model: the
 top answer after consensus reranking, pasted — no model: what the reranker alone gives), ``base``,
 ``base+rag``, ``tuned``, ``tuned+rag``. Every answer is also checked for hygiene: did it end by itself, how much
 of it repeats (4-grams), and how much of it its cited sources support (`metrics.faithfulness`); a RAG answer they
-mostly do not support is replaced by its top passage, as `garden ask` does (`rag.grounded`; counted as ``quoted``). Sweeps add rows:
-generation settings (one row per setting, on one variant) and retrieval settings (k, key, mode) on one RAG variant — the talk's "Generation
+mostly do not support is replaced by its top passage, as `garden ask` does (`rag.grounded`; counted as ``quoted``).
+Sweeps add rows: generation settings (one row per setting, on one variant) and retrieval settings (k, key, mode) on one RAG variant — the talk's "Generation
 Tuning" and "Database Search Tuning" tables. Each model is loaded once; each (variant, setting) is one batched
 generation over all questions. Retrieval skips the held-out question's own answers (they are its references).
 """
@@ -249,9 +249,9 @@ def answer_row(sweep: str, variant: Variant, settings: GenerationSettings, retri
 
 def summarize(rows: pl.DataFrame) -> pl.DataFrame:
     """One line per (sweep, variant, setting, retrieval): mean scores, share of answers that ended by themselves,
-    share replaced by their top passage (`rag.grounded`; ``model_token_f1`` / ``model_faithfulness``: the model's own
-    text scored, quoted or not), mean share of repeated 4-grams, mean faithfulness (RAG variants), p50 latency, tokens/s and the wall seconds
-    of the whole batch of answers."""
+    share replaced by their top passage (`rag.grounded`), mean share of repeated 4-grams, mean faithfulness (RAG
+    variants), the model's own text's token F1 and faithfulness (quoted or not), p50 latency, tokens/s and the wall
+    seconds of the whole batch of answers."""
     return (
         rows.group_by("sweep", "variant", "setting", "retrieval", maintain_order=True)
         .agg(

@@ -8,9 +8,8 @@ counted and only documents that made it into the prompt are returned as sources.
 
 from __future__ import annotations
 
-import dataclasses
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Sequence
 
 from ..retrieval.embedder import DEFAULT_KEY, KEYS
@@ -281,8 +280,8 @@ def grounded(answer: "Answer", embed, threshold: float = QUOTE_BELOW) -> "Answer
         support = faithfulness(answer.answer, answer.passages, embed)
     if support is None or support >= threshold:
         return answer
-    return dataclasses.replace(answer, answer=answer.passages[0], sources=answer.sources[:1],
-                               passages=answer.passages[:1], quoted=True, model_answer=answer.answer)
+    return replace(answer, answer=answer.passages[0], sources=answer.sources[:1],
+                   passages=answer.passages[:1], quoted=True, model_answer=answer.answer)
 
 
 class Assistant:
