@@ -133,7 +133,7 @@ def run(home: Path, drops: Path, name: str, site: str, base: str | None, args) -
             raise SystemExit(f"{label} failed: {failure[0].step_failure_data.error or failure[0].step_failure_data}"
                              if failure else f"{label} failed")
     rows = pl.read_parquet(Layout(home).storage / "evaluation_answers.parquet")
-    table = [{**({} if r["sweep"] == "main" else {"sweep": r["sweep"], "setting": r["setting"], "retrieval": r["retrieval"]}),
+    table = [{**({} if r["sweep"] == "main" else {k: r[k] for k in ("sweep", "setting", "retrieval")}),
               **{k: r[k] for k in COLUMNS}} for r in summarize(rows).iter_rows(named=True)]
     return {"table": table, "questions": rows["question_id"].n_unique(), "stages": stages,
             "wall_s": time.perf_counter() - began}

@@ -63,8 +63,8 @@ def test_four_variants_sweeps_check_and_reuse(env):
     assert rows["model_answer"].is_not_null().to_list() == rows["quoted"].to_list()
     models = rows.filter(~pl.col("variant").is_in(["retrieved", "reranked"]))
     assert rows.filter(pl.col("variant").is_in(["retrieved", "reranked"]))["model_token_f1"].is_null().all()
-    own = models.filter(~pl.col("quoted"))  # not quoted: the model's own scores are the answer's
-    assert own["model_token_f1"].to_list() == own["token_f1"].to_list()
+    unquoted = models.filter(~pl.col("quoted"))  # not quoted: the model's own scores are the answer's
+    assert unquoted["model_token_f1"].to_list() == unquoted["token_f1"].to_list()
     # the anchor pastes its one source: it ends, does not loop, and its source supports all of it
     pasted = main.filter(pl.col("variant").is_in(["retrieved", "reranked"]))
     assert (pasted["sources"].list.len() == 1).all() and pasted["ended"].all() and (pasted["new_tokens"] == 0).all()

@@ -5,9 +5,9 @@ top answer after consensus reranking, pasted — no model: what the reranker alo
 ``base+rag``, ``tuned``, ``tuned+rag``. Every answer is also checked for hygiene: did it end by itself, how much
 of it repeats (4-grams), and how much of it its cited sources support (`metrics.faithfulness`); a RAG answer they
 mostly do not support is replaced by its top passage, as `garden ask` does (`rag.grounded`; counted as ``quoted``).
-Sweeps add rows: generation settings (one row per setting, on one variant) and retrieval settings (k, key, mode) on one RAG variant — the talk's "Generation
-Tuning" and "Database Search Tuning" tables. Each model is loaded once; each (variant, setting) is one batched
-generation over all questions. Retrieval skips the held-out question's own answers (they are its references).
+Sweeps add rows: generation settings (one row per setting, on one variant) and retrieval settings (k, key, mode,
+...) on one RAG variant — the talk's "Generation Tuning" and "Database Search Tuning" tables. Each model is loaded
+once; each (variant, setting) is one batched generation over all questions. Retrieval skips the held-out question's own answers (they are its references).
 """
 
 from __future__ import annotations
@@ -227,10 +227,8 @@ def answer_row(sweep: str, variant: Variant, settings: GenerationSettings, retri
     """One scored answer: reference scores, hygiene (ended, repeated 4-grams) and faithfulness to its sources."""
     r, f = score(a.answer, q.references)
     faithful = faithfulness(a.answer, a.passages, store.embedder.embed) if store is not None else None
-    own_f1, own_faithful = f, faithful  # the model's own text, before `grounded` quoted its source instead
-    if a.quoted:
-        own_f1 = score(a.model_answer, q.references)[1]
-        own_faithful = faithfulness(a.model_answer, a.passages, store.embedder.embed)
+    # the model's own text, before `grounded` quoted its source instead (which judged it against all its passages)
+    own_f1, own_faithful = (score(a.model_answer, q.references)[1], a.model_faithfulness) if a.quoted else (f, faithful)
     return {
         "sweep": sweep, "variant": variant.name, "setting": settings.label() if variant.model else "",
         "retrieval": retrieval.label() if variant.rag else "", "question_id": q.question_id,

@@ -145,6 +145,7 @@ class Answer:
     passages: list[str] = field(default_factory=list)  # the source texts as the prompt showed them
     quoted: bool = False  # the model's answer was unsupported by its passages: ``answer`` is the top passage
     model_answer: str | None = None  # what the model wrote, when ``quoted``
+    model_faithfulness: float | None = None  # and how much of it all its passages supported, when ``quoted``
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -270,18 +271,17 @@ def _trim_to_fit(question, context, passages, doc, count_tokens, limit, tokenize
 def grounded(answer: "Answer", embed, threshold: float = QUOTE_BELOW) -> "Answer":
     """``answer`` if its passages support at least ``threshold`` of its sentences (`metrics.faithfulness`; an answer
     with no sentence long enough to judge is kept), else the top passage as the answer, with that one source and
-    the model's text kept in ``model_answer``. Why: a small tuned model sometimes restates the question or writes
+    the model's text and its support kept (``model_answer``, ``model_faithfulness``). Why: a small tuned model sometimes restates the question or writes
     "I'm not sure what you're talking about." beside a passage that answers it; the passage is the better answer,
     and an unsupported one is what RAG must not print. The judge is the evaluation's own faithfulness measure, so
     the evaluation counts these answers (``quoted``) beside their scores."""
-    if not answer.passages or not answer.answer.strip():
-        support = 0.0 if answer.passages else None
-    else:
-        support = faithfulness(answer.answer, answer.passages, embed)
+    empty = not answer.answer.strip()
+    judged = faithfulness(answer.answer, answer.passages, embed) if answer.passages and not empty else None
+    support = 0.0 if answer.passages and empty else judged
     if support is None or support >= threshold:
         return answer
-    return replace(answer, answer=answer.passages[0], sources=answer.sources[:1],
-                   passages=answer.passages[:1], quoted=True, model_answer=answer.answer)
+    return replace(answer, answer=answer.passages[0], sources=answer.sources[:1], passages=answer.passages[:1],
+                   quoted=True, model_answer=answer.answer, model_faithfulness=judged)
 
 
 class Assistant:
