@@ -76,6 +76,10 @@ def main() -> int:
             failed.append(drop.key)
     result = job.execute_in_process(instance=inst, asset_selection=downstream, raise_on_error=False, run_config=quiet)
     print(f"{', '.join(k.to_user_string() for k in downstream)}: {'ok' if result.success else 'FAILED'} (run {result.run_id[:8]})")
+    for check in result.get_asset_check_evaluations():  # WARN checks: the run succeeded, but say what they found
+        if not check.passed:
+            print(f"warning: {check.asset_key.to_user_string()} check {check.check_name} failed"
+                  f"{': ' + check.description if check.description else ''}", file=sys.stderr)
     summary(inst, keys, failed, time.time() - started)
     return 0 if result.success and not failed else 1
 

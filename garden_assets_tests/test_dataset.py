@@ -225,7 +225,7 @@ def test_raft_config_that_cannot_work_fails_before_anything_is_built(tok, raft_s
     with pytest.raises(ValueError, match="needs the qa_index"):
         build_finetune_dataset(pairs, tok, DatasetOptions(rag_k=2))
     for bad in ({"oracle_share": -0.1}, {"oracle_share": 1.5}, {"rag_k": -1}, {"answer_tokens": 0},
-                {"rag_target": "summary"}):
+                {"rag_target": "summary"}, {"context_tokens": 8}):
         with pytest.raises(ValueError):
             DatasetOptions(**bad)
 
@@ -242,6 +242,26 @@ def test_long_train_answers_keep_their_leading_sentences(tok):
     # a passage in a RAG prompt is cut the same way; one with no sentence that fits gets a token prefix + " …"
     assert cap_passage(answer, tok, 60) == lead
     assert cap_passage("x" * 500, tok, 60).endswith(" …") and cap_passage(answer, tok, None) == answer
+
+
+@pytest.mark.parametrize("rag_k", [0, 2])
+def test_every_prompt_shows_a_long_body_cut_as_answering_cuts_it(tok, raft_store, rag_k):
+    """A question body longer than context_tokens keeps its leading sentences in train, valid and test prompts,
+    RAG or plain (as `Assistant.ask` cuts it); the row's context column keeps the whole body."""
+    from garden_assets.llm.rag import Question, capped_question
+
+    pairs, store = raft_store
+    body = "My tomato leaves curl at the edges. " + "The plants sit in full sun all day long. " * 30
+    long = pairs.with_columns(pl.lit(body).alias("context"))
+    options = DatasetOptions(answers="all", test_size=8, valid_size=4, rag_k=rag_k, max_length=4096,
+                             rag_mode="vector", context_tokens=40)
+    ds = build_finetune_dataset(long, tok, options, store if rag_k else None)
+    lead = capped_question(Question("q", body), tok, 40).context
+    assert body.startswith(lead) and lead.endswith(".") and len(tok(lead)["input_ids"]) <= 41
+    for r in ds.train + ds.valid + ds.test:
+        assert r["context"] == body.strip() and lead in r["prompt"] and body.strip() not in r["prompt"]
+    whole = build_finetune_dataset(long, tok, replace(options, context_tokens=None), store if rag_k else None)
+    assert all(body.strip() in r["prompt"] for r in whole.train)
 
 
 def test_an_oracle_rows_target_is_the_passage_it_shows(tok, raft_store):

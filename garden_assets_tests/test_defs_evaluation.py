@@ -11,6 +11,7 @@ import pytest
 from garden_assets.defs import evaluation, finetune, index, posts
 from garden_assets.defs.resources import GardenPaths
 from garden_assets.llm.rag import RetrievalSetting
+from garden_assets.settings import Layout
 from .tiny_models import tiny_random_model
 
 from .dagster_env import PARTITION, sample_env
@@ -92,16 +93,31 @@ def test_four_variants_sweeps_check_and_reuse(env):
     assert "max_new_tokens=6, num_beams=2" in meta["generation_sweep"].value  # a sweep row keeps the main settings
     assert "k=2, question+answer, vector" in meta["retrieval_sweep"].value
     checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
-    assert sorted(checks) == ["tuned_rag_vs_base_rag", "tuned_rag_vs_retrieved"]
+    assert sorted(checks) == ["tuned_rag_grounded", "tuned_rag_vs_base_rag", "tuned_rag_vs_retrieved"]
     means = dict(main.group_by("variant").agg(pl.col("token_f1").mean()).rows())
     for name, anchor in (("tuned_rag_vs_base_rag", "base+rag"), ("tuned_rag_vs_retrieved", "retrieved")):
         assert checks[name].severity == dg.AssetCheckSeverity.WARN
         assert checks[name].passed == (round(means["tuned+rag"], 4) >= round(means[anchor], 4))
+    grounded = checks["tuned_rag_grounded"]
+    quoted = main.filter(pl.col("variant") == "tuned+rag")["quoted"].mean()
+    assert grounded.passed == (quoted <= evaluation.MAX_QUOTED)
+    steps = max(r["step"] for r in finetune.read_training_log(Layout(env[2]).tuned))
+    assert grounded.metadata["training_steps"].value == steps > 0
     assert meta["reused"].value is False
     # same inputs and config: the answers are reused, not generated again
     again = materialize(env, config)
     assert again.asset_materializations_for_node("evaluation_answers")[0].metadata["reused"].value is True
     assert pl.read_parquet(env[2] / "storage" / "evaluation_answers.parquet").equals(rows)
+
+
+def test_grounded_check_warns_when_most_tuned_rag_answers_were_quoted():
+    main = pl.DataFrame({"variant": ["retrieved", "tuned+rag"], "quoted": [0.0, 0.8]})
+    log = [{"step": 1, "train_loss": 2.0}, {"step": 6, "eval_loss": 3.1}]
+    warned = evaluation._grounded_check(main, log)
+    assert not warned.passed and warned.severity == dg.AssetCheckSeverity.WARN
+    assert "80% of tuned+RAG answers" in warned.description and "trained 6 steps" in warned.description
+    assert evaluation._grounded_check(main.with_columns(pl.lit(0.1).alias("quoted")), log).passed
+    assert evaluation._grounded_check(main.filter(pl.col("variant") == "retrieved"), []).passed  # not evaluated
 
 
 def test_bad_config_and_missing_inputs_fail_clearly_and_keep_old_answers(env, tmp_path):

@@ -221,7 +221,9 @@ def test_a_quoted_passage_fits_the_answer_budget():
 
     budget = GenerationSettings().max_new_tokens
     assert DEFAULT_RETRIEVAL.passage_tokens + 8 <= budget  # "\n\n### End" and EOS are < 8 tokens
+    assert DEFAULT_RETRIEVAL.context_tokens + 8 <= budget  # so does one that restates the question's body
     assert DatasetOptions().answer_tokens == DEFAULT_RETRIEVAL.passage_tokens
+    assert DatasetOptions().context_tokens == DEFAULT_RETRIEVAL.context_tokens  # training prompts cut bodies alike
 
 
 SOURCE = "Blueberries want acidic soil around pH 5. Add pine needles as mulch every spring."
@@ -278,6 +280,25 @@ def test_the_assistant_quotes_the_source_unless_told_not_to(generator, monkeypat
     assert quoted.new_tokens == raw.new_tokens > 0  # the generation is still reported
     [no_rag] = Assistant(generator, _Store()).ask(question, settings, rag=False)
     assert not no_rag.quoted and no_rag.answer == unsure  # nothing cited: nothing to quote
+
+
+def test_the_assistant_shows_a_long_body_cut_to_its_leading_sentences(generator, monkeypatch):
+    """Every prompt, RAG or not, holds the question body cut to context_tokens (as training prompts do);
+    ``context_tokens=None`` shows it whole."""
+    from garden_assets.llm.rag import Question, capped_question
+
+    body = "My blueberry leaves turn red in June. " + "The bed gets the afternoon sun and some wind. " * 3
+    prompts: list[str] = []
+    real = generator.generate
+    monkeypatch.setattr(generator, "generate", lambda ps, settings: prompts.extend(ps) or real(ps, settings))
+    question, settings = [Question("What soil do blueberries like?", body)], GenerationSettings(max_new_tokens=2)
+    for rag in (True, False):
+        Assistant(generator, _Store(), context_tokens=32).ask(question, settings, rag=rag)
+        Assistant(generator, _Store(), context_tokens=None).ask(question, settings, rag=rag)
+    lead = capped_question(question[0], generator.tokenizer, 32).context
+    assert body.startswith(lead) and len(lead) < len(body) / 2
+    capped, whole = prompts[0::2], prompts[1::2]
+    assert all(lead in p and body.strip() not in p for p in capped) and all(body.strip() in p for p in whole)
 
 
 def test_a_quoted_answer_is_scored_as_printed_and_as_the_model_wrote_it():

@@ -15,7 +15,7 @@ from ..llm.evaluation import (
 from ..llm.backends import check_backend, describe, load_generator, resolve_backend
 from ..llm.generate import GenerationSettings
 from ..llm.models import base_model_path, tuned_model_path
-from .finetune import BaseModel, base_model, finetune_dataset, layout, tuned_model, tuned_model_gguf
+from .finetune import BaseModel, read_training_log, base_model, finetune_dataset, layout, tuned_model, tuned_model_gguf
 from .index import EMBEDDING, built_index, qa_index, store_for
 from .configs import config_class
 from .metadata import counts, markdown_table
@@ -26,6 +26,9 @@ GENERATION = load_profile(asset="generation", defaults=ComputeSpec(device="auto"
 CPU_QUESTIONS = 8  # the default with transformers on CPU (the fallback): the model variants in ≈ 2 min on 2 cores
 # WARN checks: tuned+rag must match or beat this variant on mean token F1
 CHECKS = {"tuned_rag_vs_base_rag": "base+rag", "tuned_rag_vs_retrieved": "retrieved"}
+# tuned_rag_grounded: WARN when more than this share of tuned+RAG answers were unsupported by their passages (quoted
+# instead, rag.grounded) — the symptom of a model trained for too few steps (seen: 6 steps on a shared CPU)
+MAX_QUOTED = 0.25
 
 
 class _GenerationConfig(dg.Config):
@@ -47,10 +50,11 @@ GenerationChange = config_class(
 Retrieval = config_class(
     RetrievalSetting, "Retrieval", base=_RetrievalConfig,
     doc="The RAG variants' search (RetrievalSetting): k passages, the qa_index key (its table must exist), mode, "
-        "and passage_tokens (each passage's leading sentences within this).")
+        "passage_tokens / context_tokens (each passage's / the question body's leading sentences within this), "
+        "consensus_pool and the quote_unsupported guard.")
 RetrievalChange = config_class(
-    RetrievalSetting, "RetrievalChange", change=True, doc="One sweep row: k, key and/or mode replacing the main "
-    "``retrieval`` ones.")
+    RetrievalSetting, "RetrievalChange", change=True, doc="One sweep row: the retrieval fields it names "
+    "replace the main ``retrieval`` ones.")
 
 
 def _changed(base: dict, change: dg.Config) -> dict:
@@ -95,9 +99,12 @@ def _plan(config: EvalConfig) -> EvalPlan:
     description="Held-out questions answered by the top retrieved answer and the top reranked answer (no model) / "
                 "base / base+RAG / tuned / tuned+RAG, scored (ROUGE-L, token F1, ended, repeated 4-grams, "
                 "faithfulness), with optional sweeps.",
-    check_specs=[dg.AssetCheckSpec(name, asset="evaluation_answers",
-                                   description=f"Warns when tuned+RAG scores below {anchor} (mean token F1).")
-                 for name, anchor in CHECKS.items()],
+    check_specs=[*(dg.AssetCheckSpec(name, asset="evaluation_answers",
+                                     description=f"Warns when tuned+RAG scores below {anchor} (mean token F1).")
+                   for name, anchor in CHECKS.items()),
+                 dg.AssetCheckSpec("tuned_rag_grounded", asset="evaluation_answers",
+                                   description=f"Warns when over {MAX_QUOTED:.0%} of tuned+RAG answers were not "
+                                               "supported by their passages (quoted instead): train longer.")],
 )
 def evaluation_answers(context: dg.AssetExecutionContext, config: EvalConfig, paths: GardenPaths, model: BaseModel):
     plan, home = _plan(config), layout(paths)
@@ -164,6 +171,7 @@ def evaluation_answers(context: dg.AssetExecutionContext, config: EvalConfig, pa
     })
     for name, anchor in CHECKS.items():
         yield _compare_check(main, name, "tuned+rag", anchor)
+    yield _grounded_check(main, read_training_log(home.tuned))
 
 
 def _compare_check(main: pl.DataFrame, name: str, variant: str, anchor: str) -> dg.AssetCheckResult:
@@ -175,6 +183,22 @@ def _compare_check(main: pl.DataFrame, name: str, variant: str, anchor: str) -> 
     return dg.AssetCheckResult(
         check_name=name, passed=bool(means[variant] >= means[anchor]), severity=dg.AssetCheckSeverity.WARN,
         metadata={f"{variant} token_f1": float(means[variant]), f"{anchor} token_f1": float(means[anchor])},
+    )
+
+
+def _grounded_check(main: pl.DataFrame, training_log: list[dict]) -> dg.AssetCheckResult:
+    """WARN when tuned+RAG's quoted share exceeds MAX_QUOTED; says how many steps the model trained."""
+    row = main.filter(pl.col("variant") == "tuned+rag")
+    if row.is_empty():
+        return dg.AssetCheckResult(check_name="tuned_rag_grounded", passed=True, severity=dg.AssetCheckSeverity.WARN,
+                                   metadata={"note": "tuned+rag was not evaluated"})
+    quoted, steps = float(row["quoted"][0]), max((r["step"] for r in training_log), default=0)
+    return dg.AssetCheckResult(
+        check_name="tuned_rag_grounded", passed=quoted <= MAX_QUOTED, severity=dg.AssetCheckSeverity.WARN,
+        description=None if quoted <= MAX_QUOTED else (
+            f"{quoted:.0%} of tuned+RAG answers were not supported by their passages and were replaced by their top "
+            f"passage; the tuned model trained {steps} steps: give tuned_model more (max_train_seconds)"),
+        metadata={"quoted_share": quoted, "max_quoted_share": MAX_QUOTED, "training_steps": steps},
     )
 
 

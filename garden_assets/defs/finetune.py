@@ -175,7 +175,7 @@ def tuned_model(
     result = pipes_subprocess_client.run(
         command=plan.command, context=context, env={**os.environ, **plan.env}, cwd=os.getcwd()
     ).get_materialize_result()
-    log = _read_log(out)
+    log = read_training_log(out)
     meta = dict(result.metadata or {})
     meta["path"] = dg.MetadataValue.path(str(out))
     meta["launcher"] = plan.launcher
@@ -184,7 +184,8 @@ def tuned_model(
     return dg.MaterializeResult(metadata=meta)
 
 
-def _read_log(out: Path) -> list[dict]:
+def read_training_log(out: Path) -> list[dict]:
+    """The trainer's log rows (training_log.jsonl in the tuned folder; none before a first training)."""
     path = out / "training_log.jsonl"
     return [json.loads(l) for l in path.read_text().splitlines() if l.strip()] if path.exists() else []
 
@@ -193,7 +194,7 @@ def _read_log(out: Path) -> list[dict]:
 def overfitting(paths: GardenPaths) -> dg.AssetCheckResult:
     from ..training.overfitting import overfitting_signal
 
-    log = _read_log(layout(paths).tuned)
+    log = read_training_log(layout(paths).tuned)
     signal = overfitting_signal(log)
     return dg.AssetCheckResult(
         passed=not signal["overfitting"], severity=dg.AssetCheckSeverity.WARN,

@@ -30,8 +30,8 @@ from typing import Any, Iterable, Literal, Sequence, get_args
 
 from garden_assets.llm.extractive import oracle_extract
 from garden_assets.llm.prompts import dolly_completion, dolly_prompt
-from garden_assets.llm.rag import (DEFAULT_RETRIEVAL, Question, check_consensus_pool, fit_rag_prompt, lead_within,
-                                   rag_passages)
+from garden_assets.llm.rag import (DEFAULT_RETRIEVAL, Question, capped_question, check_cap, check_consensus_pool,
+                                   fit_rag_prompt, lead_within, rag_passages)
 from garden_assets.settings import MAX_LENGTH
 
 ROW_COLUMNS = ("instruction", "context", "response", "category", "prompt", "completion", "n_tokens")
@@ -79,6 +79,7 @@ class DatasetOptions(SplitOptions):
     oracle_share: float = 0.8  # train rows whose own answer is among the passages (the RAFT paper's ≈ 80 %)
     rag_mode: str = DEFAULT_RETRIEVAL.mode
     passage_tokens: int | None = DEFAULT_RETRIEVAL.passage_tokens  # as answering cuts them (rag.cap_passage)
+    context_tokens: int | None = DEFAULT_RETRIEVAL.context_tokens  # question bodies, too (rag.capped_question)
     # None: training prompts keep the search order. Choosing them by consensus as answering does
     # (rag.rag_passages) was measured to teach worse answers (docs/evaluation.md, consensus reranking)
     consensus_pool: int | None = None
@@ -103,6 +104,7 @@ class DatasetOptions(SplitOptions):
         if self.answer_tokens is not None and self.answer_tokens < 8:
             raise ValueError(f"answer_tokens must be ≥ 8 (None: whole answers), got {self.answer_tokens!r}")
         check_consensus_pool(self.consensus_pool)
+        check_cap("context_tokens", self.context_tokens)
         if not 0 <= self.oracle_share <= 1:
             raise ValueError(f"oracle_share must be in [0, 1], got {self.oracle_share!r}")
 
@@ -324,9 +326,12 @@ def add_prompts(rows: list[dict[str, Any]], tokenizer, options: DatasetOptions, 
     ``max_length`` leaves after the completion, with the row's own answer as one passage when ``oracle`` and the
     row's seeded draw falls under ``oracle_share``. ``target`` (train/valid rows) with ``rag_target="extract"``:
     the completion becomes the passages' oracle extract."""
+    def question(r) -> Question:
+        return capped_question(Question(r["instruction"], r["context"]), tokenizer, options.context_tokens)
+
     if not options.rag_k:
         for r in rows:
-            r["prompt"] = dolly_prompt(r["instruction"], r["context"])
+            r["prompt"] = dolly_prompt(r["instruction"], question(r).context)
         return
     from garden_assets.retrieval.search import Hit
 
@@ -349,12 +354,11 @@ def add_prompts(rows: list[dict[str, Any]], tokenizer, options: DatasetOptions, 
             hits.insert(rng.randrange(len(hits) + 1), own)
         completion = len(tokenizer(r["completion"], add_special_tokens=False)["input_ids"])
         room = options.max_length - completion - 1  # the EOS after the completion
-        question = Question(r["instruction"], r["context"])
+        asked = question(r)
         try:
-            fitted = fit_rag_prompt(question, hits, count, room, tokenizer=tokenizer,
-                                    passage_tokens=options.passage_tokens)
+            fitted = fit_rag_prompt(asked, hits, count, room, tokenizer=tokenizer, passage_tokens=options.passage_tokens)
         except ValueError:  # the bare question does not fit: keep it whole, the length filter drops the row
-            r.update(prompt=dolly_prompt(r["instruction"], r["context"]), passages=0, oracle=False)
+            r.update(prompt=dolly_prompt(r["instruction"], asked.context), passages=0, oracle=False)
             continue
         r.update(prompt=fitted.prompt, passages=len(fitted.sources),
                  oracle=any((s.site, s.answer_id) == (r["site"], r["answer_id"]) for s in fitted.sources))

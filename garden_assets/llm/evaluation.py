@@ -213,7 +213,8 @@ def run_evaluation(
             began = time.perf_counter()
             assistant = Assistant(generator, store_of(variant, retrieval), k=retrieval.k, mode=retrieval.mode,
                                   passage_tokens=retrieval.passage_tokens, consensus_pool=retrieval.consensus_pool,
-                                  quote_unsupported=retrieval.quote_unsupported)
+                                  quote_unsupported=retrieval.quote_unsupported,
+                                  context_tokens=retrieval.context_tokens)
             record(sweep, variant, settings, retrieval,
                    assistant.ask(asked, settings, rag=variant.rag, exclude_question_ids=exclude), began)
         del generator

@@ -20,6 +20,9 @@ from .metrics import faithfulness, sentences
 from .prompts import dolly_prompt, rag_prompt
 
 MIN_DOC_TOKENS = 32
+# a passage's and a question body's cap in a prompt: below max_new_tokens, so a model that copies one whole still
+# ends within its budget (docs/evaluation.md, recipe runs)
+TEXT_TOKENS = 192
 QUOTE_BELOW = 0.5  # `grounded`: a majority of the answer's judged sentences unsupported → quote the source
 
 
@@ -28,9 +31,10 @@ class RetrievalSetting:
     k: int = DEFAULT_K  # passages per RAG prompt (RAFT training prompts: dataset.RAFT_K)
     key: str = DEFAULT_KEY
     mode: str = DEFAULT_MODE
-    # each passage keeps its leading sentences within this (None: whole); below max_new_tokens, so that a model that
-    # quotes a passage whole still ends within its budget (docs/evaluation.md, recipe runs)
-    passage_tokens: int | None = 192
+    passage_tokens: int | None = TEXT_TOKENS  # each passage keeps its leading sentences within this (None: whole)
+    # the question's body (the prompt's Input: block) likewise, in every prompt, RAG or not, as in training: the
+    # tuned model sometimes restates a long body instead of answering
+    context_tokens: int | None = TEXT_TOKENS
     # the k passages: those of this many search hits with the highest expected agreement with the others, weighted
     # by the search's scores (consensus.py; measured in docs/evaluation.md); None or ≤ k: the search order
     consensus_pool: int | None = 6
@@ -44,16 +48,20 @@ class RetrievalSetting:
         if self.key not in KEYS:
             raise ValueError(f"retrieval key must be one of {KEYS}, got {self.key!r}")
         check_mode(self.mode)
-        if self.passage_tokens is not None and self.passage_tokens < MIN_DOC_TOKENS:
-            raise ValueError(f"passage_tokens must be ≥ {MIN_DOC_TOKENS} (None: whole passages), "
-                             f"got {self.passage_tokens!r}")
+        for name in ("passage_tokens", "context_tokens"):
+            check_cap(name, getattr(self, name))
         check_consensus_pool(self.consensus_pool)
 
     def label(self) -> str:
-        cap = "" if self.passage_tokens == DEFAULT_PASSAGE_TOKENS else f", passage_tokens={self.passage_tokens}"
-        pool = "" if self.consensus_pool == DEFAULT_RETRIEVAL.consensus_pool else f", consensus_pool={self.consensus_pool}"
-        quote = "" if self.quote_unsupported else ", quote_unsupported=False"
-        return f"k={self.k}, {self.key}, {self.mode}{cap}{pool}{quote}"
+        changed = "".join(f", {name}={getattr(self, name)}" for name in ("passage_tokens", "context_tokens",
+                                                                         "consensus_pool", "quote_unsupported")
+                          if getattr(self, name) != getattr(DEFAULT_RETRIEVAL, name))
+        return f"k={self.k}, {self.key}, {self.mode}{changed}"
+
+
+def check_cap(name: str, tokens: int | None) -> None:
+    if tokens is not None and not (isinstance(tokens, int) and tokens >= MIN_DOC_TOKENS):
+        raise ValueError(f"{name} must be ≥ {MIN_DOC_TOKENS} tokens (None: whole), got {tokens!r}")
 
 
 def check_consensus_pool(pool: int | None) -> None:
@@ -93,6 +101,13 @@ def cap_passage(text: str, tokenizer, max_tokens: int | None) -> str:
         return lead
     ids = tokenizer(text, add_special_tokens=False)["input_ids"][: max_tokens - 2]
     return tokenizer.decode(ids, skip_special_tokens=True).strip() + " …"
+
+
+def capped_question(question: "Question", tokenizer, max_tokens: int | None) -> "Question":
+    """``question`` with its body cut as a passage is (`cap_passage`): what every prompt shows of it."""
+    if not question.context or max_tokens is None or tokenizer is None:
+        return question
+    return replace(question, context=cap_passage(question.context, tokenizer, max_tokens))
 
 
 @dataclass(frozen=True)
@@ -290,7 +305,8 @@ class Assistant:
     def __init__(self, generator: TokenBudget, store=None, *, k: int = DEFAULT_RETRIEVAL.k,
                  mode: str = DEFAULT_RETRIEVAL.mode, passage_tokens: int | None = DEFAULT_PASSAGE_TOKENS,
                  consensus_pool: int | None = DEFAULT_RETRIEVAL.consensus_pool, site: str | None = None,
-                 quote_unsupported: bool = DEFAULT_RETRIEVAL.quote_unsupported) -> None:
+                 quote_unsupported: bool = DEFAULT_RETRIEVAL.quote_unsupported,
+                 context_tokens: int | None = DEFAULT_RETRIEVAL.context_tokens) -> None:
         if k < 1:
             raise ValueError(f"k must be ≥ 1, got {k}")
         self.generator = generator
@@ -301,6 +317,7 @@ class Assistant:
         self.consensus_pool = consensus_pool
         self.site = site  # retrieve from this site only (None: all)
         self.quote_unsupported = quote_unsupported  # RAG answers go through `grounded`
+        self.context_tokens = context_tokens  # each question's body is cut to this (`capped_question`)
 
     def ask(self, questions: Sequence[Question], settings: GenerationSettings | None = None, *, rag: bool = True,
             exclude_question_ids: Sequence[tuple[str, int] | int | None] | None = None) -> list[Answer]:
@@ -313,6 +330,7 @@ class Assistant:
         retrieval_s: list[float] = []
         for i, q in enumerate(questions):
             text = check_question(q.text)
+            q = capped_question(q, gen.tokenizer, self.context_tokens)
             if not rag:  # a prompt too long for the window is Generator.generate's error
                 prompt = dolly_prompt(text, q.context)
                 fitted.append(FittedPrompt(prompt, [], gen.count_tokens(prompt), 0, 0, 0))
