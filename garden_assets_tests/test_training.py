@@ -190,6 +190,18 @@ def test_time_budget_and_the_best_eval_loss_weights_are_published(setup, tmp_pat
         assert abs(loss - evals[-1][1]) > 1e-3
 
 
+def test_a_budget_that_ends_at_an_eval_does_not_evaluate_the_same_weights_again(setup, tmp_path):
+    """The budget runs out in step 1's eval (its seconds count): the final eval is that one, not a second pass."""
+    out = tmp_path / "at_eval"
+    text = trainer(setup, out, "--max-steps", "100", "--max-train-seconds", "0.001", "--eval-steps", "1",
+                   "--save-steps", "0")
+    evals = [r for r in read_log(out) if r.get("eval_loss") is not None]
+    assert [(r["step"], bool(r.get("final"))) for r in evals] == [(1, False), (1, True)]
+    assert evals[0]["eval_loss"] == evals[1]["eval_loss"]
+    assert "final eval: step 1's periodic eval" in text
+    assert json.loads((out / "metrics.json").read_text())["eval_loss"] == evals[0]["eval_loss"]
+
+
 def test_full_finetune_run(setup, tmp_path):
     import torch
 
