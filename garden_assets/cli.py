@@ -288,7 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print the model's answer even when its sources do not support it (default: the top source)")
     _add_retrieval_flags(p)
     p.add_argument("--site", help="retrieve only from this site (e.g. coffee.stackexchange.com)")
-    p.add_argument("--context", help="more detail about the question (the Input: block)")
+    p.add_argument("--context", help="more detail about the question (the Input: block; its leading sentences "
+                   f"within {DEFAULT_RETRIEVAL.context_tokens} tokens, as in training)")
     p.add_argument("--max-context-tokens", type=_at_least_one, default=2048, help="prompt + answer window")
     p.add_argument("--backend", choices=BACKENDS, default=None,
                    help="generation backend (default: the generation compute profile's, auto: llama.cpp on CPU "
