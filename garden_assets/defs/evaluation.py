@@ -180,8 +180,10 @@ def _compare_check(main: pl.DataFrame, name: str, variant: str, anchor: str) -> 
     if variant not in means or anchor not in means:
         return dg.AssetCheckResult(check_name=name, passed=True, severity=dg.AssetCheckSeverity.WARN,
                                    metadata={"note": f"{variant} or {anchor} was not evaluated"})
+    passed = bool(means[variant] >= means[anchor])
     return dg.AssetCheckResult(
-        check_name=name, passed=bool(means[variant] >= means[anchor]), severity=dg.AssetCheckSeverity.WARN,
+        check_name=name, passed=passed, severity=dg.AssetCheckSeverity.WARN,
+        description=None if passed else f"{variant} token F1 {means[variant]:.3f} < {anchor} {means[anchor]:.3f}",
         metadata={f"{variant} token_f1": float(means[variant]), f"{anchor} token_f1": float(means[anchor])},
     )
 
