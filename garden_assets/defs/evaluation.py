@@ -15,7 +15,8 @@ from ..llm.evaluation import (
 from ..llm.backends import check_backend, describe, load_generator, resolve_backend
 from ..llm.generate import GenerationSettings
 from ..llm.models import base_model_path, tuned_model_path
-from .finetune import BaseModel, read_training_log, base_model, finetune_dataset, layout, tuned_model, tuned_model_gguf
+from .finetune import (BaseModel, base_model, finetune_dataset, layout, read_training_log, tuned_model,
+                       tuned_model_gguf)
 from .index import EMBEDDING, built_index, qa_index, store_for
 from .configs import config_class
 from .metadata import counts, markdown_table

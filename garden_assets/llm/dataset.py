@@ -356,7 +356,8 @@ def add_prompts(rows: list[dict[str, Any]], tokenizer, options: DatasetOptions, 
         room = options.max_length - completion - 1  # the EOS after the completion
         asked = question(r)
         try:
-            fitted = fit_rag_prompt(asked, hits, count, room, tokenizer=tokenizer, passage_tokens=options.passage_tokens)
+            fitted = fit_rag_prompt(asked, hits, count, room, tokenizer=tokenizer,
+                                    passage_tokens=options.passage_tokens)
         except ValueError:  # the bare question does not fit: keep it whole, the length filter drops the row
             r.update(prompt=dolly_prompt(r["instruction"], asked.context), passages=0, oracle=False)
             continue

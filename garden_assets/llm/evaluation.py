@@ -7,7 +7,8 @@ of it repeats (4-grams), and how much of it its cited sources support (`metrics.
 mostly do not support is replaced by its top passage, as `garden ask` does (`rag.grounded`; counted as ``quoted``).
 Sweeps add rows: generation settings (one row per setting, on one variant) and retrieval settings (k, key, mode,
 ...) on one RAG variant — the talk's "Generation Tuning" and "Database Search Tuning" tables. Each model is loaded
-once; each (variant, setting) is one batched generation over all questions. Retrieval skips the held-out question's own answers (they are its references).
+once; each (variant, setting) is one batched generation over all questions. Retrieval skips the held-out
+question's own answers (they are its references).
 """
 
 from __future__ import annotations

@@ -286,10 +286,11 @@ def _trim_to_fit(question, context, passages, doc, count_tokens, limit, tokenize
 def grounded(answer: "Answer", embed, threshold: float = QUOTE_BELOW) -> "Answer":
     """``answer`` if its passages support at least ``threshold`` of its sentences (`metrics.faithfulness`; an answer
     with no sentence long enough to judge is kept), else the top passage as the answer, with that one source and
-    the model's text and its support kept (``model_answer``, ``model_faithfulness``). Why: a small tuned model sometimes restates the question or writes
-    "I'm not sure what you're talking about." beside a passage that answers it; the passage is the better answer,
-    and an unsupported one is what RAG must not print. The judge is the evaluation's own faithfulness measure, so
-    the evaluation counts these answers (``quoted``) beside their scores."""
+    the model's text and its support kept (``model_answer``, ``model_faithfulness``). Why: a small tuned model
+    sometimes restates the question or writes "I'm not sure what you're talking about." beside a passage that
+    answers it; the passage is the better answer, and an unsupported one is what RAG must not print. The judge is
+    the evaluation's own faithfulness measure, so the evaluation counts these answers (``quoted``) beside their
+    scores."""
     empty = not answer.answer.strip()
     judged = faithfulness(answer.answer, answer.passages, embed) if answer.passages and not empty else None
     support = 0.0 if answer.passages and empty else judged
