@@ -310,7 +310,29 @@ def test_a_quoted_answer_is_scored_as_printed_and_as_the_model_wrote_it():
                              sources=[Source(1, 10, "Soil?", "https://x/a/1", 0.9)]), bag_of_words)
     q = EvalQuestion(question_id=5, instruction="Soil for blueberries?", context="",
                      references=["Acidic soil, pH 5, with pine needles as mulch."])
-    row = answer_row("main", Variant.parse("tuned+rag"), GenerationSettings(), DEFAULT_RETRIEVAL, q, quoted, _Store())
+    row = answer_row("main", Variant.parse("tuned+rag"), GenerationSettings(), DEFAULT_RETRIEVAL, q, quoted,
+                     bag_of_words)
     assert row["quoted"] and row["answer"] == SOURCE and row["model_answer"] == unsure
     assert row["token_f1"] == round(token_f1(SOURCE, q.references[0]), 4) > row["model_token_f1"] == 0.0
     assert row["faithfulness"] == 1.0 and row["model_faithfulness"] == 0.0
+
+
+def test_memoized_embed_embeds_each_distinct_text_once_and_keeps_the_order():
+    import numpy as np
+
+    from garden_assets.llm.metrics import MemoizedEmbed, faithfulness
+
+    calls: list[list[str]] = []
+
+    def embed(texts):  # one fixed vector per text, whatever the batch
+        calls.append(list(texts))
+        return np.array([[len(t), t.count("o"), 1.0] for t in texts]) / 10
+
+    memo = MemoizedEmbed(embed)
+    first = memo(["soil", "pots", "soil"])
+    again = memo(["pots", "roots", "soil"])
+    assert calls == [["soil", "pots"], ["roots"]]
+    assert np.array_equal(first, embed(["soil", "pots", "soil"]))
+    assert np.array_equal(again, embed(["pots", "roots", "soil"]))
+    answer, passages = "Blueberries want acidic soil. Roses want sun all day.", [SOURCE]
+    assert faithfulness(answer, passages, MemoizedEmbed(bag_of_words)) == faithfulness(answer, passages, bag_of_words)

@@ -27,7 +27,7 @@ import polars as pl
 from ..files import update_sha256, write_atomic
 from .generate import GenerationSettings, TokenBudget
 from .models import require_checkpoint
-from .metrics import faithfulness, repeated_ngram_share, rouge_l, token_f1
+from .metrics import MemoizedEmbed, faithfulness, repeated_ngram_share, rouge_l, token_f1
 from .rag import Answer, Assistant, Question, RetrievalSetting, pasted_answer
 
 PASTED = ("retrieved", "reranked")  # no model: a search hit pasted as is
@@ -179,6 +179,7 @@ def run_evaluation(
     """One row per (job, question); ``load_generator("base"|"tuned")`` and ``open_store(key)`` are called once each."""
     jobs = list(plan.jobs())
     stores: dict[str, object] = {}
+    judges: dict[str, MemoizedEmbed] = {}  # per index key: faithfulness embeds each passage and sentence once
     rows: list[dict] = []
     asked = [Question(q.instruction, q.context) for q in questions]
     exclude = [(q.site, q.question_id) if q.site else q.question_id for q in questions]
@@ -188,13 +189,17 @@ def run_evaluation(
             return None
         if retrieval.key not in stores:
             stores[retrieval.key] = open_store(retrieval.key)
+            judges[retrieval.key] = MemoizedEmbed(stores[retrieval.key].embedder.embed)
         return stores[retrieval.key]
+
+    def judge_of(variant: Variant, retrieval: RetrievalSetting):
+        return judges[retrieval.key] if store_of(variant, retrieval) is not None else None
 
     def record(sweep, variant: Variant, settings, retrieval, answers: list[Answer], began: float) -> None:
         seconds = round(time.perf_counter() - began, 2)
-        store = store_of(variant, retrieval)
+        judge = judge_of(variant, retrieval)
         for q, a in zip(questions, answers):
-            rows.append({**answer_row(sweep, variant, settings, retrieval, q, a, store), "job_seconds": seconds})
+            rows.append({**answer_row(sweep, variant, settings, retrieval, q, a, judge), "job_seconds": seconds})
         mean = statistics.fmean(x["token_f1"] for x in rows[-len(answers):])
         log(f"{sweep}: {variant.name} [{'' if variant.model is None else settings.label()}"
             f"{'; ' + retrieval.label() if variant.rag else ''}] token F1 {mean:.3f} over {len(answers)} questions")
@@ -215,7 +220,7 @@ def run_evaluation(
             assistant = Assistant(generator, store_of(variant, retrieval), k=retrieval.k, mode=retrieval.mode,
                                   passage_tokens=retrieval.passage_tokens, consensus_pool=retrieval.consensus_pool,
                                   quote_unsupported=retrieval.quote_unsupported,
-                                  context_tokens=retrieval.context_tokens)
+                                  context_tokens=retrieval.context_tokens, judge_embed=judge_of(variant, retrieval))
             record(sweep, variant, settings, retrieval,
                    assistant.ask(asked, settings, rag=variant.rag, exclude_question_ids=exclude), began)
         del generator
@@ -225,10 +230,11 @@ def run_evaluation(
 
 
 def answer_row(sweep: str, variant: Variant, settings: GenerationSettings, retrieval: RetrievalSetting,
-               q: EvalQuestion, a: Answer, store) -> dict:
-    """One scored answer: reference scores, hygiene (ended, repeated 4-grams) and faithfulness to its sources."""
+               q: EvalQuestion, a: Answer, embed) -> dict:
+    """One scored answer: reference scores, hygiene (ended, repeated 4-grams) and faithfulness to its sources
+    (``embed``: the index's embedding function; None for a variant without retrieval)."""
     r, f = score(a.answer, q.references)
-    faithful = faithfulness(a.answer, a.passages, store.embedder.embed) if store is not None else None
+    faithful = faithfulness(a.answer, a.passages, embed) if embed is not None else None
     # the model's own text, before `grounded` quoted its source instead (which judged it against all its passages)
     own_f1, own_faithful = (score(a.model_answer, q.references)[1], a.model_faithfulness) if a.quoted else (f, faithful)
     return {

@@ -89,6 +89,23 @@ def support_scores(answer: str, passages: list[str], embed) -> list[float]:
     return [float(x) for x in sims.max(axis=1)]
 
 
+class MemoizedEmbed:
+    """``embed`` computing each distinct text once. The evaluation judges the same passages for every RAG variant
+    and the grounded guard's sentences again when it scores them; a pasted answer is its own passage. Written here
+    because functools caches whole calls, not the texts inside a batch."""
+
+    def __init__(self, embed) -> None:
+        self._embed, self._vectors = embed, {}
+
+    def __call__(self, texts):
+        import numpy as np
+
+        missing = list(dict.fromkeys(t for t in texts if t not in self._vectors))
+        if missing:
+            self._vectors.update(zip(missing, self._embed(missing)))
+        return np.stack([self._vectors[t] for t in texts]) if texts else self._embed([])
+
+
 def faithfulness(answer: str, passages: list[str], embed, threshold: float = SUPPORT_THRESHOLD) -> float | None:
     """Share of the answer's sentences supported by the cited passages (best cosine ≥ ``threshold``).
 

@@ -307,7 +307,7 @@ class Assistant:
                  mode: str = DEFAULT_RETRIEVAL.mode, passage_tokens: int | None = DEFAULT_PASSAGE_TOKENS,
                  consensus_pool: int | None = DEFAULT_RETRIEVAL.consensus_pool, site: str | None = None,
                  quote_unsupported: bool = DEFAULT_RETRIEVAL.quote_unsupported,
-                 context_tokens: int | None = DEFAULT_RETRIEVAL.context_tokens) -> None:
+                 context_tokens: int | None = DEFAULT_RETRIEVAL.context_tokens, judge_embed=None) -> None:
         if k < 1:
             raise ValueError(f"k must be ≥ 1, got {k}")
         self.generator = generator
@@ -319,6 +319,8 @@ class Assistant:
         self.site = site  # retrieve from this site only (None: all)
         self.quote_unsupported = quote_unsupported  # RAG answers go through `grounded`
         self.context_tokens = context_tokens  # each question's body is cut to this (`capped_question`)
+        # `grounded`'s embedding function (the evaluation passes a memoized one); None: the store's embedder
+        self.judge_embed = judge_embed
 
     def ask(self, questions: Sequence[Question], settings: GenerationSettings | None = None, *, rag: bool = True,
             exclude_question_ids: Sequence[tuple[str, int] | int | None] | None = None) -> list[Answer]:
@@ -356,5 +358,6 @@ class Assistant:
                 docs_trimmed=f.docs_trimmed, docs_dropped=f.docs_dropped, ended=best.ended, looped=best.looped,
                 alternatives=[o.text for o in outs[1:]], passages=f.passages,
             )
-            answers.append(grounded(answer, self.store.embedder.embed) if rag and self.quote_unsupported else answer)
+            answers.append(grounded(answer, self.judge_embed or self.store.embedder.embed)
+                           if rag and self.quote_unsupported else answer)
         return answers
