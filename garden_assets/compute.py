@@ -146,13 +146,22 @@ def resolve_device(spec: ComputeSpec) -> str:
     return "cuda" if available else "cpu"
 
 
-def cpu_has_native_bf16() -> bool:
-    """True on x86 CPUs with AVX512-BF16 or AMX-BF16 (Linux ``/proc/cpuinfo``); there bf16 matmuls are fast."""
+def _cpu_has(pattern: str) -> bool:
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:
         return False
-    return bool(re.search(r"\b(avx512_bf16|amx_bf16)\b", flags))
+    return bool(re.search(pattern, flags))
+
+
+def cpu_has_native_bf16() -> bool:
+    """True on x86 CPUs with AVX512-BF16 or AMX-BF16 (Linux ``/proc/cpuinfo``); there bf16 matmuls are fast."""
+    return _cpu_has(r"\b(avx512_bf16|amx_bf16)\b")
+
+
+def cpu_has_amx() -> bool:
+    """True on x86 CPUs with AMX tiles (Intel Sapphire Rapids and later)."""
+    return _cpu_has(r"\bamx_tile\b")
 
 
 def resolve_precision(

@@ -19,6 +19,7 @@ from typing import Sequence
 import numpy as np
 
 from ..compute import LLAMA_CPP as BACKEND
+from ..compute import cpu_has_amx
 from .generate import GeneratedText, GenerationSettings, LoopGuard, TokenBudget
 from .prompts import END_KEY, extract_response
 from .sampling import SequenceState
@@ -51,6 +52,10 @@ def _load(gguf: Path):
     lib.llama_backend_init()
     params = lib.llama_model_default_params()
     params.n_gpu_layers = 0
+    # llama.cpp's "extra" CPU buffer types repack weights for faster kernels; on a CPU with AMX that means its AMX
+    # matmul, which crashed the process (SIGSEGV in ggml_backend_amx_mul_mat, llama-cpp-python 0.3.36 built
+    # natively, Gemma 3 Q4_K_M; seen 2026-12-06), so on AMX CPUs the model keeps the plain CPU kernels.
+    params.use_extra_bufts = not cpu_has_amx()
     model = lib.llama_model_load_from_file(str(gguf).encode(), params)
     if not model:
         raise ValueError(f"llama.cpp could not load {gguf}")
