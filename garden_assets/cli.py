@@ -130,8 +130,9 @@ def _eval_held_out(args: argparse.Namespace, pairs, keys: list[str], modes: list
         models = {"minilm": Embedder(args.model)}
         if args.adapt:
             result = adapt_embedder(pairs, held.questions, Path(tmp) / "adapted", model=args.model)
-            print(f"adapted: {result.pairs} train pairs ({result.questions} questions), {result.epochs} epochs, "
-                  f"{result.steps} steps in {result.seconds} s; {len(held.test)} held-out test questions",
+            print(f"adapted: {result.pairs} train pairs ({result.questions} questions, {result.examples} examples), "
+                  f"{result.epochs} epochs, {result.steps} steps in {result.seconds} s; {len(held.test)} held-out "
+                  "test questions",
                   file=sys.stderr)
             models["adapted"] = Embedder(result.path)
         if args.mpnet:

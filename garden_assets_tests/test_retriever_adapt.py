@@ -69,12 +69,15 @@ def test_the_retriever_trains_on_no_held_out_pair(monkeypatch):
     is_held = pl.Series([q in held.questions for q in identity])
     held_pairs, train_pairs = pairs.filter(is_held), pairs.filter(~is_held)
 
-    def texts(frame):
-        return set(zip(frame["instruction"].str.strip_chars(), frame["response"].str.strip_chars()))
+    def texts(frame):  # the default positives: the answer, and the question's body with the answer
+        titles, answers = frame["instruction"].str.strip_chars(), frame["response"].str.strip_chars()
+        bodies = [f"{c or ''}\n\n{a}".strip() for c, a in zip(frame["context"], frame["response"])]
+        return set(zip(titles, answers)) | set(zip(titles, bodies))
 
     assert held_pairs.height and not trained & texts(held_pairs)
+    assert not {a for _, a in trained} & set(held_pairs["response"].str.strip_chars())
     assert trained == texts(train_pairs)
-    assert len(seen["rows"]) == train_pairs.height
+    assert len(seen["rows"]) == 2 * train_pairs.height
 
 
 def test_held_out_queries_and_staleness(tmp_path):
@@ -95,7 +98,7 @@ def test_bad_options_and_too_few_pairs_fail_clearly():
         adapt.AdaptOptions(batch_size=1)
     pairs = make_pairs(3)
     rest = {question_of(r) for r in pairs.iter_rows(named=True)} - {("gardening.stackexchange.com", 100)}
-    with pytest.raises(ValueError, match="at least 2"):
+    with pytest.raises(ValueError, match="at least 2 questions"):
         adapt.adapt_embedder(pairs, rest, "/nonexistent/x", device="cpu")
 
 
@@ -120,3 +123,19 @@ def test_eval_retrieval_adapt_prints_one_json_line_per_row(capsys, monkeypatch):
         *{(m, "hybrid", w) for m in ("minilm", "adapted") for w in (0.6, 0.7)}}
     assert all(set(r) >= {"model", "mode", "success_at_5", "mrr_at_10", "queries", "docs_per_s"} for r in rows)
     assert len({r["queries"] for r in rows}) == 1 and "held-out test questions" in err
+
+
+def test_positives_take_the_index_key_forms_and_only_train_pairs():
+    """Each train pair gives one example per positive form: the answer, and the question's body with the answer
+    (the default index's text without the title); held-out questions give neither."""
+    pairs = two_sites(20)
+    held = held_out_questions(pairs, SplitOptions(test_size=10, valid_size=4))
+    answer = adapt.training_examples(pairs, held.questions)
+    both = adapt.training_examples(pairs, held.questions, positives=("answer", "body+answer"))
+    assert both.height == 2 * answer.height
+    assert set(both["question_id"]) == set(answer["question_id"])
+    train = pairs.join(answer.select("site", "question_id").unique(), on=["site", "question_id"])
+    with_body = {f"{c or ''}\n\n{r}".strip() for c, r in zip(train["context"], train["response"])}
+    assert with_body - set(answer["positive"]) and set(both["positive"]) == set(answer["positive"]) | with_body
+    with pytest.raises(ValueError, match="positives"):
+        adapt.AdaptOptions(positives=("question+answer",))

@@ -48,11 +48,12 @@ class RetrieverConfig(SplitConfig):
     learning_rate: float = _ADAPT.learning_rate
     max_seq_length: int = _ADAPT.max_seq_length
     anchor: str = _ADAPT.anchor  # "title" or "title+body"
+    positives: list[str] = list(_ADAPT.positives)  # "answer" and/or "body+answer" (retrieval.adapt.POSITIVES)
 
     def adapt_options(self) -> AdaptOptions:
         return AdaptOptions(epochs=self.epochs, max_seconds=self.max_train_seconds, batch_size=self.batch_size,
                             learning_rate=self.learning_rate, max_seq_length=self.max_seq_length,
-                            anchor=self.anchor, seed=self.seed)
+                            anchor=self.anchor, positives=tuple(self.positives), seed=self.seed)
 
 
 @dg.asset(
@@ -64,7 +65,8 @@ class RetrieverConfig(SplitConfig):
     # Materialize it by hand (or let `make run` do it when IndexConfig's default model is `adapted`); qa_index and
     # retrieval_eval neither wait for it nor run because it is missing.
     description="The embedder fine-tuned (MultipleNegativesRankingLoss, in-batch negatives) on the train split's "
-                "(question title → answer) pairs; qa_index uses it with `model: adapted`.",
+                "(question title → answer, question title → body + answer) pairs; qa_index uses it with "
+                "`model: adapted`.",
 )
 def retriever_model(context: dg.AssetExecutionContext, config: RetrieverConfig, paths: GardenPaths,
                     qa_pairs: pl.DataFrame) -> dg.MaterializeResult:
@@ -79,8 +81,8 @@ def retriever_model(context: dg.AssetExecutionContext, config: RetrieverConfig, 
         raise dg.Failure(description=f"retriever_model: {e}") from None
     return dg.MaterializeResult(
         metadata={
-            **counts(pairs=result.pairs, questions=result.questions, held_out_questions=len(held.questions),
-                     steps=result.steps),
+            **counts(pairs=result.pairs, examples=result.examples, questions=result.questions,
+                     held_out_questions=len(held.questions), steps=result.steps),
             "epochs": dg.MetadataValue.float(result.epochs),
             "seconds": dg.MetadataValue.float(result.seconds),
             "stopped_by_budget": result.stopped_by_budget,

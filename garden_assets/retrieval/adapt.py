@@ -1,7 +1,8 @@
 """Contrastive fine-tuning of the embedder on the site's own Q/A pairs (the ``retriever_model`` asset).
 
-Anchor: the question title (``anchor="title+body"``: title and question text); positive: one of its answers; the
-other answers in the batch are the negatives (``MultipleNegativesRankingLoss``, i.e. InfoNCE with in-batch
+Anchor: the question title (``anchor="title+body"``: title and question text); positive: one of its answers, and
+(``positives``) the question's body with that answer — the forms the index embeds; the other positives in the
+batch are the negatives (``MultipleNegativesRankingLoss``, i.e. InfoNCE with in-batch
 negatives). The no-duplicates batch sampler keeps two answers of one question out of the same batch (the other
 would count as a negative). The sentence-transformers trainer runs it, on CPU or GPU unchanged.
 
@@ -27,12 +28,13 @@ from typing import Callable, Collection, Literal
 import polars as pl
 
 from ..files import publish_dir, write_json_atomic
-from .embedder import resolve_device, resolve_model
+from .embedder import build_key_text, resolve_device, resolve_model, resolve_precision
 
 Question = tuple[str, int]  # (site, question_id): a question's identity (ids repeat across sites)
 INFO = "adapt.json"
 
 ANCHORS = ("title", "title+body")
+POSITIVES = ("answer", "body+answer")  # index keys whose text a positive can be (question+answer holds the title)
 
 
 @dataclass(frozen=True)
@@ -47,11 +49,17 @@ class AdaptOptions:
     warmup_ratio: float = 0.1
     max_seq_length: int = 128  # training only (the index embeds with the model's own window): ≈ 2× the steps/s
     anchor: Literal["title", "title+body"] = "title"
+    # each train pair gives one example per form: the answer alone, and the question's body with the answer (the
+    # text the default question+answer index embeds, less the title that is the query). Both measured better than
+    # the answer alone on the default key (docs/retrieval.md, "Positives")
+    positives: tuple[str, ...] = ("answer", "body+answer")
     seed: int = 42
 
     def __post_init__(self) -> None:
         if self.anchor not in ANCHORS:
             raise ValueError(f"anchor must be one of {ANCHORS}, not {self.anchor!r}")
+        if not self.positives or set(self.positives) - set(POSITIVES):
+            raise ValueError(f"positives must be some of {POSITIVES}, not {self.positives!r}")
         if self.epochs <= 0 or self.batch_size < 2 or self.learning_rate <= 0 or self.max_seq_length < 8:
             raise ValueError("epochs and learning_rate must be > 0, batch_size ≥ 2 (in-batch negatives), "
                              "max_seq_length ≥ 8")
@@ -63,7 +71,8 @@ class AdaptOptions:
 class AdaptResult:
     path: str
     base_model: str
-    pairs: int
+    pairs: int  # Q/A pairs trained on
+    examples: int  # (anchor, positive) rows: one per pair and positive form
     questions: int
     epochs: float  # epochs actually run (a time budget can end training early)
     steps: int
@@ -89,12 +98,13 @@ def with_site(qa_pairs: pl.DataFrame) -> pl.DataFrame:
     return qa_pairs.with_columns(site.cast(pl.String).alias("site"), pl.col("question_id").cast(pl.Int64))
 
 
-def training_examples(qa_pairs: pl.DataFrame, held_out: Collection[Question], anchor: str = "title") -> pl.DataFrame:
-    """``anchor, positive, site, question_id`` for every pair whose ``(site, question_id)`` is not in
-    ``held_out``, non-empty only."""
+def training_examples(qa_pairs: pl.DataFrame, held_out: Collection[Question], anchor: str = "title",
+                      positives: Collection[str] = ("answer",)) -> pl.DataFrame:
+    """``anchor, positive, site, question_id, answer_id`` for every pair whose ``(site, question_id)`` is not in
+    ``held_out`` and every form in ``positives`` (`POSITIVES`), non-empty only."""
     if anchor not in ANCHORS:
         raise ValueError(f"anchor must be one of {ANCHORS}, not {anchor!r}")
-    missing = [c for c in ("question_id", "instruction", "context", "response") if c not in qa_pairs.columns]
+    missing = [c for c in ("question_id", "answer_id", "instruction", "context", "response") if c not in qa_pairs.columns]
     if missing:
         raise ValueError(f"qa_pairs lacks columns {missing}")
     title = pl.col("instruction").fill_null("").str.strip_chars()
@@ -102,9 +112,9 @@ def training_examples(qa_pairs: pl.DataFrame, held_out: Collection[Question], an
         [title, pl.col("context").fill_null("").str.strip_chars()], separator="\n\n").str.strip_chars()
     kept = with_site(qa_pairs).join(questions_frame(held_out), on=["site", "question_id"], how="anti",
                                     maintain_order="left")
-    return (kept.select(text.alias("anchor"), pl.col("response").fill_null("").str.strip_chars().alias("positive"),
-                        "site", "question_id")
-            .filter((pl.col("anchor").str.len_chars() > 0) & (pl.col("positive").str.len_chars() > 0)))
+    forms = [kept.select(text.alias("anchor"), build_key_text(kept, form).alias("positive"), "site", "question_id",
+                         "answer_id") for form in positives]
+    return pl.concat(forms).filter((pl.col("anchor").str.len_chars() > 0) & (pl.col("positive").str.len_chars() > 0))
 
 
 def adapt_embedder(
@@ -115,7 +125,6 @@ def adapt_embedder(
     """Fine-tune ``model`` (None: the packaged MiniLM) on the pairs outside ``held_out``; write a
     sentence-transformers model folder to ``out_dir`` (built beside it, then swapped in by `files.publish_dir`)
     with ``adapt.json`` (the result, the options and the held-out questions)."""
-    import torch
     from datasets import Dataset
     from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
@@ -125,14 +134,12 @@ def adapt_embedder(
     from transformers.trainer_callback import PrinterCallback
 
     options = options or AdaptOptions()
-    examples = training_examples(qa_pairs, held_out, options.anchor)
-    if examples.height < options.batch_size:
-        batch = max(2, examples.height)
-        if examples.height < 2:
-            raise ValueError(f"{examples.height} training pair(s) outside the held-out questions: "
-                             "in-batch negatives need at least 2")
-    else:
-        batch = options.batch_size
+    examples = training_examples(qa_pairs, held_out, options.anchor, options.positives)
+    questions = examples.select("site", "question_id").n_unique()
+    if questions < 2:  # a question's own examples never share a batch (no-duplicates sampler)
+        raise ValueError(f"{examples.height} training pair(s) of {questions} question(s) outside the held-out "
+                         "questions: in-batch negatives need at least 2 questions")
+    batch = min(options.batch_size, max(2, examples.height))
     name, load_from = resolve_model(model)
     held = sorted([str(s), int(q)] for s, q in held_out)
     digest = hashlib.sha256(json.dumps([name, asdict(options), held, examples["anchor"].to_list(),
@@ -144,10 +151,10 @@ def adapt_embedder(
         return AdaptResult(**{**fields, "path": str(out), "reused": True,
                               "loss": [tuple(x) for x in previous.get("loss", [])]})
     device = resolve_device(device)
-    # bf16 autocast on GPUs that have it; fp32 on CPU. compute.resolve_precision's bf16-on-CPU rule (measured for
-    # the LoRA trainer, #10) is not applied here: this trainer was only measured in fp32 on CPU.
-    bf16 = device.startswith("cuda") and (precision == "bf16" or (precision == "auto" and torch.cuda.is_bf16_supported()))
-    fp16 = device.startswith("cuda") and precision == "fp16"
+    # autocast in the embedder's precision rule: bf16 on Ampere+ GPUs and on CPUs with native bf16, fp16 on older
+    # GPUs (docs/retrieval.md has the CPU figures, fp32 vs bf16)
+    resolved = resolve_precision(precision, device)
+    bf16, fp16 = resolved == "bf16", resolved == "fp16"
     st = SentenceTransformer(load_from, device=device)
     window = st.max_seq_length
     st.max_seq_length = min(options.max_seq_length, window)
@@ -187,7 +194,8 @@ def adapt_embedder(
         st.save(str(work))
         history = trainer.state.log_history
         result = AdaptResult(
-            path=str(out), base_model=name, pairs=examples.height, questions=examples.select("site", "question_id").n_unique(),
+            path=str(out), base_model=name, pairs=examples.select("site", "answer_id").n_unique(),
+            examples=examples.height, questions=questions,
             epochs=round(float(trainer.state.epoch or 0.0), 3), steps=int(trainer.state.global_step),
             seconds=round(seconds, 1), stopped_by_budget=Budget.stopped, fingerprint=digest,
             loss=[(int(h["step"]), round(float(h["loss"]), 4)) for h in history if "loss" in h],
