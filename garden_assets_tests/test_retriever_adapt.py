@@ -130,7 +130,7 @@ def test_positives_take_the_index_key_forms_and_only_train_pairs():
     (the default index's text without the title); held-out questions give neither."""
     pairs = two_sites(20)
     held = held_out_questions(pairs, SplitOptions(test_size=10, valid_size=4))
-    answer = adapt.training_examples(pairs, held.questions)
+    answer = adapt.training_examples(pairs, held.questions, positives=("answer",))
     both = adapt.training_examples(pairs, held.questions, positives=("answer", "body+answer"))
     assert both.height == 2 * answer.height
     assert set(both["question_id"]) == set(answer["question_id"])

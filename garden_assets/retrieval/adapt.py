@@ -99,12 +99,13 @@ def with_site(qa_pairs: pl.DataFrame) -> pl.DataFrame:
 
 
 def training_examples(qa_pairs: pl.DataFrame, held_out: Collection[Question], anchor: str = "title",
-                      positives: Collection[str] = ("answer",)) -> pl.DataFrame:
+                      positives: Collection[str] = AdaptOptions.positives) -> pl.DataFrame:
     """``anchor, positive, site, question_id, answer_id`` for every pair whose ``(site, question_id)`` is not in
     ``held_out`` and every form in ``positives`` (`POSITIVES`), non-empty only."""
     if anchor not in ANCHORS:
         raise ValueError(f"anchor must be one of {ANCHORS}, not {anchor!r}")
-    missing = [c for c in ("question_id", "answer_id", "instruction", "context", "response") if c not in qa_pairs.columns]
+    needed = ("question_id", "answer_id", "instruction", "context", "response")
+    missing = [c for c in needed if c not in qa_pairs.columns]
     if missing:
         raise ValueError(f"qa_pairs lacks columns {missing}")
     title = pl.col("instruction").fill_null("").str.strip_chars()
@@ -135,10 +136,10 @@ def adapt_embedder(
 
     options = options or AdaptOptions()
     examples = training_examples(qa_pairs, held_out, options.anchor, options.positives)
-    questions = examples.select("site", "question_id").n_unique()
+    pairs, questions = (examples.select(*cols).n_unique() for cols in (("site", "answer_id"), ("site", "question_id")))
     if questions < 2:  # a question's own examples never share a batch (no-duplicates sampler)
-        raise ValueError(f"{examples.height} training pair(s) of {questions} question(s) outside the held-out "
-                         "questions: in-batch negatives need at least 2 questions")
+        raise ValueError(f"{pairs} training pair(s) of {questions} question(s) outside the held-out questions: "
+                         "in-batch negatives need at least 2 questions")
     batch = min(options.batch_size, max(2, examples.height))
     name, load_from = resolve_model(model)
     held = sorted([str(s), int(q)] for s, q in held_out)
@@ -194,8 +195,8 @@ def adapt_embedder(
         st.save(str(work))
         history = trainer.state.log_history
         result = AdaptResult(
-            path=str(out), base_model=name, pairs=examples.select("site", "answer_id").n_unique(),
-            examples=examples.height, questions=questions,
+            path=str(out), base_model=name, pairs=pairs, examples=examples.height,
+            questions=questions,
             epochs=round(float(trainer.state.epoch or 0.0), 3), steps=int(trainer.state.global_step),
             seconds=round(seconds, 1), stopped_by_budget=Budget.stopped, fingerprint=digest,
             loss=[(int(h["step"]), round(float(h["loss"]), 4)) for h in history if "loss" in h],
