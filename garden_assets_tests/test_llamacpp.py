@@ -151,8 +151,9 @@ def test_llamacpp_tokenizer_gives_the_checkpoints_ids(packaged):
 
 @pytest.mark.slow
 @needs_llama
-def test_llamacpp_answers_like_llama_cpp_itself_and_batches_consistently(packaged):
+def test_llamacpp_answers_like_llama_cpp_itself_and_batches_consistently(packaged, monkeypatch):
     import llama_cpp
+    import llama_cpp.llama_cpp as low_level
 
     gen = backends.load_generator(packaged, backend="llama.cpp", batch_size=4, max_context_tokens=1024)
     assert backends.describe(gen) == "llama.cpp Q4_K_M (packaged)"
@@ -161,7 +162,9 @@ def test_llamacpp_answers_like_llama_cpp_itself_and_batches_consistently(package
     assert one.text.strip() and one.new_tokens > 0 and (one.ended or one.looped) == (one.new_tokens < 40)
     assert "### End" not in one.text
 
-    # the same greedy tokens as llama-cpp-python's own high-level API (an independent decode loop)
+    # the same greedy tokens as llama-cpp-python's own high-level API (an independent decode loop), on the same
+    # kernels (its own defaults would take the AMX ones that crash on an AMX CPU: llamacpp.model_params)
+    monkeypatch.setattr(low_level, "llama_model_default_params", lambda: llamacpp.model_params(llama_cpp))
     ref = llama_cpp.Llama(str(packaged / "gguf" / "model.gguf"), n_ctx=1024, verbose=False)
     out = ref.create_completion(PROMPTS[0], max_tokens=6, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0,
                                 repeat_penalty=1.0)

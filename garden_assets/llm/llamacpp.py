@@ -42,6 +42,17 @@ def check_settings(settings: GenerationSettings) -> None:
                          "(use backend transformers)")
 
 
+def model_params(lib):
+    """llama.cpp's model parameters for a load on this CPU."""
+    params = lib.llama_model_default_params()
+    params.n_gpu_layers = 0
+    # llama.cpp's "extra" CPU buffer types repack weights for faster kernels; on a CPU with AMX that means its AMX
+    # matmul, which crashed the process (SIGSEGV in ggml_backend_amx_mul_mat, llama-cpp-python 0.3.36 built
+    # natively, Gemma 3 Q4_K_M; seen 2026-12-06), so on AMX CPUs the model keeps the plain CPU kernels.
+    params.use_extra_bufts = not cpu_has_amx()
+    return params
+
+
 def _load(gguf: Path):
     """``(llama_cpp, model)``: a GGUF loaded on CPU, llama.cpp's own logging off (its errors raise here)."""
     import llama_cpp as lib
@@ -50,13 +61,7 @@ def _load(gguf: Path):
     if not gguf.is_file():
         raise FileNotFoundError(f"no GGUF model at {gguf}")
     lib.llama_backend_init()
-    params = lib.llama_model_default_params()
-    params.n_gpu_layers = 0
-    # llama.cpp's "extra" CPU buffer types repack weights for faster kernels; on a CPU with AMX that means its AMX
-    # matmul, which crashed the process (SIGSEGV in ggml_backend_amx_mul_mat, llama-cpp-python 0.3.36 built
-    # natively, Gemma 3 Q4_K_M; seen 2026-12-06), so on AMX CPUs the model keeps the plain CPU kernels.
-    params.use_extra_bufts = not cpu_has_amx()
-    model = lib.llama_model_load_from_file(str(gguf).encode(), params)
+    model = lib.llama_model_load_from_file(str(gguf).encode(), model_params(lib))
     if not model:
         raise ValueError(f"llama.cpp could not load {gguf}")
     return lib, model
