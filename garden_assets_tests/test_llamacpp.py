@@ -57,6 +57,19 @@ def test_scores_equal_transformers_logits_processors(settings):
     assert kept.sum() < logits.size or not (settings.no_repeat_ngram_size or settings.do_sample)
 
 
+@needs_llama
+@pytest.mark.parametrize("amx", [True, False])
+def test_a_cpu_with_amx_loads_without_the_repacked_buffers(monkeypatch, amx):
+    """llama.cpp's AMX matmul (one of its extra buffer types) crashed every generation on an AMX CPU; elsewhere the
+    extra buffers stay on (llama.cpp's default)."""
+    import llama_cpp
+
+    monkeypatch.setattr(llamacpp, "cpu_has_amx", lambda: amx)
+    params = llamacpp.model_params(llama_cpp)
+    assert params.use_extra_bufts is (not amx) and params.n_gpu_layers == 0
+    assert llama_cpp.llama_model_default_params().use_extra_bufts  # the default it departs from
+
+
 def test_sampling_is_seeded_and_greedy_takes_the_best():
     logits = np.array([0.1, 2.0, 1.9, -1.0], dtype=np.float32)
     assert SequenceState([0], GenerationSettings(), np.random.default_rng(0)).choose(logits) == 1
