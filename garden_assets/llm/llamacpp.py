@@ -48,7 +48,8 @@ def model_params(lib):
     params.n_gpu_layers = 0
     # llama.cpp's "extra" CPU buffer types repack weights for faster kernels; on a CPU with AMX that means its AMX
     # matmul, which crashed the process (SIGSEGV in ggml_backend_amx_mul_mat, llama-cpp-python 0.3.36 built
-    # natively, Gemma 3 Q4_K_M; seen 2026-12-06), so on AMX CPUs the model keeps the plain CPU kernels.
+    # natively, Gemma 3 Q4_K_M; seen 2026-12-06; upstream: ggml-org/llama.cpp#20824, Q4_K_M too, no fix), so on
+    # AMX CPUs the model keeps the plain CPU kernels.
     params.use_extra_bufts = not cpu_has_amx()
     return params
 
