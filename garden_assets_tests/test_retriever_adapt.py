@@ -134,6 +134,7 @@ def test_positives_take_the_index_key_forms_and_only_train_pairs():
     both = adapt.training_examples(pairs, held.questions, positives=("answer", "body+answer"))
     assert both.height == 2 * answer.height
     assert set(both["question_id"]) == set(answer["question_id"])
+    assert held.questions and not set(zip(both["site"], both["question_id"])) & held.questions
     train = pairs.join(answer.select("site", "question_id").unique(), on=["site", "question_id"])
     with_body = {f"{c or ''}\n\n{r}".strip() for c, r in zip(train["context"], train["response"])}
     assert with_body - set(answer["positive"]) and set(both["positive"]) == set(answer["positive"]) | with_body

@@ -136,7 +136,8 @@ def adapt_embedder(
 
     options = options or AdaptOptions()
     examples = training_examples(qa_pairs, held_out, options.anchor, options.positives)
-    pairs, questions = (examples.select(*cols).n_unique() for cols in (("site", "answer_id"), ("site", "question_id")))
+    pairs = examples.select("site", "answer_id").n_unique()
+    questions = examples.select("site", "question_id").n_unique()
     if questions < 2:  # a question's own examples never share a batch (no-duplicates sampler)
         raise ValueError(f"{pairs} training pair(s) of {questions} question(s) outside the held-out questions: "
                          "in-batch negatives need at least 2 questions")
@@ -195,8 +196,7 @@ def adapt_embedder(
         st.save(str(work))
         history = trainer.state.log_history
         result = AdaptResult(
-            path=str(out), base_model=name, pairs=pairs, examples=examples.height,
-            questions=questions,
+            path=str(out), base_model=name, pairs=pairs, examples=examples.height, questions=questions,
             epochs=round(float(trainer.state.epoch or 0.0), 3), steps=int(trainer.state.global_step),
             seconds=round(seconds, 1), stopped_by_budget=Budget.stopped, fingerprint=digest,
             loss=[(int(h["step"]), round(float(h["loss"]), 4)) for h in history if "loss" in h],
