@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 
 from .compute import BACKENDS
-from .llm.rag import DEFAULT_RETRIEVAL
+from .llm.rag import DEFAULT_RETRIEVAL, check_min_similarity
 from .retrieval.embedder import DEFAULT_KEY, KEYS
 from .retrieval.metrics import GRID_KEYS
 from .retrieval.search import DEFAULT_MODE, MODES, SEARCH_K
@@ -34,6 +34,17 @@ def _at_least_one(text: str) -> int:
     if n < 1:
         raise argparse.ArgumentTypeError(f"must be ≥ 1, not {n}")
     return n
+
+
+def _similarity_floor(text: str) -> float | None:
+    if text.strip().lower() == "none":
+        return None
+    try:
+        floor = float(text)
+        check_min_similarity(floor)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a cosine similarity -1..1 or none, not {text!r}") from None
+    return floor
 
 
 def _check_out(out: str, dump: str, force: bool) -> None:
@@ -86,7 +97,8 @@ def _search(args: argparse.Namespace) -> int:
         print(json.dumps([dataclasses.asdict(h) for h in hits], default=str))
         return 0
     for i, h in enumerate(hits, 1):
-        print(f"{i}. [{h.score:.3f}] {h.title}\n   {h.source_url}\n   {h.text[:200].replace(chr(10), ' ')}")
+        similar = "" if h.similarity is None else f", similarity {h.similarity:.2f}"
+        print(f"{i}. [{h.score:.3f}{similar}] {h.title}\n   {h.source_url}\n   {h.text[:200].replace(chr(10), ' ')}")
     return 0
 
 
@@ -216,14 +228,15 @@ def _ask(args: argparse.Namespace) -> int:
     try:
         if args.no_model:
             answer = pasted_answer(store, Question(question, args.context or ""), k=args.k, mode=args.mode,
-                                   site=_site(args.site))
+                                   site=_site(args.site), min_similarity=args.min_similarity)
         else:
             generator = load_generator(path, backend=backend, device=profile.resolve_device(),
                                        precision=profile.resolve_precision(),
                                        max_context_tokens=args.max_context_tokens, log=note)
             label += f" via {describe(generator)}"
             [answer] = Assistant(generator, store, k=args.k, mode=args.mode, site=_site(args.site),
-                                 quote_unsupported=not args.no_quote_unsupported).ask(
+                                 quote_unsupported=not args.no_quote_unsupported,
+                                 min_similarity=args.min_similarity).ask(
                 [Question(question, args.context or "")], settings, rag=not args.no_rag)
     except ValueError as e:
         raise UsageError(f"ask: {e}") from None
@@ -232,6 +245,9 @@ def _ask(args: argparse.Namespace) -> int:
                           **answer.to_dict()}, default=str))
         return 0
     print(answer.answer or "(the model wrote nothing before ### End)")
+    if answer.declined:
+        note(f"no indexed answer is similar enough to the question (cosine similarity ≥ {args.min_similarity}), so "
+             f"no model ran; `garden search` lists the nearest ones, --min-similarity none answers anyway")
     if answer.quoted:
         note(f"the model's answer was not supported by its source, so this is the source itself "
              f"(--no-quote-unsupported shows the model's): {answer.model_answer!r}")
@@ -285,6 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-model", action="store_true",
                    help="no model: print the top retrieved answer as is (the evaluation's `retrieved` anchor)")
     p.add_argument("--k", type=int, default=DEFAULT_RETRIEVAL.k, help="documents to retrieve")
+    p.add_argument("--min-similarity", type=_similarity_floor, default=DEFAULT_RETRIEVAL.min_similarity,
+                   metavar="COSINE", help="withhold the answer when no retrieved answer is at least this similar to "
+                   "the question (default: %(default)s, calibrated for the packaged MiniLM; none: answer anyway)")
     p.add_argument("--no-quote-unsupported", action="store_true",
                    help="print the model's answer even when its sources do not support it (default: the top source)")
     _add_retrieval_flags(p)

@@ -106,11 +106,11 @@ def summary(inst: dg.DagsterInstance, keys: list[str], failed: list[str], second
         rows = pl.read_parquet(answers)
         main = summarize(rows).filter(pl.col("sweep") == "main")
         print(f"answers: {answers} ({main['questions'][0]} held-out questions)")
-        print(f"         {'variant':<10} {'token F1':>8} {'ROUGE-L':>8} {'ended':>6} {'rep 4g':>7} {'faithful':>8} {'quoted':>6} {'p50 s':>6}")
+        print(f"         {'variant':<10} {'token F1':>8} {'ROUGE-L':>8} {'ended':>6} {'rep 4g':>7} {'faithful':>8} {'quoted':>6} {'withheld':>8} {'p50 s':>6}")
         for r in main.iter_rows(named=True):
             faithful = "—" if r["faithfulness"] is None else f"{r['faithfulness']:.2f}"
             print(f"         {r['variant']:<10} {r['token_f1']:>8.3f} {r['rouge_l']:>8.3f} {r['ended']:>6.0%} "
-                  f"{r['repeated_4grams']:>7.1%} {faithful:>8} {r['quoted']:>6.0%} {r['latency_p50_s']:>6.1f}")
+                  f"{r['repeated_4grams']:>7.1%} {faithful:>8} {r['quoted']:>6.0%} {r['declined']:>8.0%} {r['latency_p50_s']:>6.1f}")
         print(f'         ask: .venv/bin/garden ask "{rows["question"][0]}"')
     print(f"outputs: {storage}")
     print(f"runs:    {os.environ['DAGSTER_HOME']} (see them with `make ui`, http://127.0.0.1:3000)")

@@ -34,6 +34,6 @@ def test_garden_ask_answers_with_sources_from_the_packaged_gemma(tmp_path):
     assert answer["rag"] and answer["answer"].strip() and 0 < answer["new_tokens"] <= 24
     assert not answer["quoted"] and answer["model_answer"] is None  # the model's own text, as asked
     urls = set(pairs["source_url"])
-    assert len(answer["sources"]) == 2 and {s["url"] for s in answer["sources"]} <= urls
-    assert answer["sources"][0]["answer_id"] == 51  # the citrus-peel answer ranks first
+    # of the two passages asked for, the one about citrus peels: the next (another topic) is under the relevance floor
+    assert [s["answer_id"] for s in answer["sources"]] == [51] and {s["url"] for s in answer["sources"]} <= urls
     assert "### Response" not in answer["answer"] and "### End" not in answer["answer"]

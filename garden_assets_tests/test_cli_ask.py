@@ -5,6 +5,7 @@ import json
 import pytest
 
 from garden_assets.cli import main
+from garden_assets.llm.rag import NOT_FOUND
 from .tiny_models import tiny_random_model
 from garden_assets.retrieval.store import open_store
 from garden_assets.retrieval.testing import sample_pairs
@@ -53,3 +54,12 @@ def test_ask_bad_input(tmp_path, monkeypatch, capsys):
     assert pasted["answer"] == sample_pairs().filter(answer_id=51)["response"].item()
     assert [s["answer_id"] for s in pasted["sources"]] == [51] and pasted["model"] is None and pasted["ended"]
     assert "cannot go with --no-rag" in ask("Why?", "--no-model", "--no-rag")
+    # a question the index has nothing close to: withheld (real MiniLM similarities), unless the floor is off
+    assert "expected a cosine similarity -1..1 or none" in ask("Why?", "--min-similarity", "2")
+    off_topic = "How do I configure a Kubernetes ingress controller?"
+    assert main(["ask", off_topic, "--no-model", "--json"]) == 0
+    withheld = json.loads(capsys.readouterr().out)
+    assert withheld["declined"] and withheld["answer"] == NOT_FOUND and withheld["sources"] == []
+    assert main(["ask", off_topic, "--no-model", "--min-similarity", "none", "--json"]) == 0
+    forced = json.loads(capsys.readouterr().out)
+    assert not forced["declined"] and len(forced["sources"]) == 1

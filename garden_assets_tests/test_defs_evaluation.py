@@ -10,7 +10,7 @@ import pytest
 
 from garden_assets.defs import evaluation, finetune, index, posts
 from garden_assets.defs.resources import GardenPaths
-from garden_assets.llm.rag import RetrievalSetting
+from garden_assets.llm.rag import NOT_FOUND, RetrievalSetting
 from garden_assets.settings import Layout
 from .tiny_models import tiny_random_model
 
@@ -45,19 +45,21 @@ def materialize(env, config, **kw):
 
 def test_four_variants_sweeps_check_and_reuse(env):
     config = eval_config(generation_sweep=[{"max_new_tokens": 4, "repetition_penalty": 1.3}, {"num_beams": 2}],
-                         retrieval_sweep=[{"k": 1}, {"k": 2, "mode": "vector"}, {"quote_unsupported": False}])
+                         retrieval_sweep=[{"k": 1}, {"k": 2, "mode": "vector"}, {"quote_unsupported": False},
+                                          {"min_similarity": 0.99}])
     result = materialize(env, config)
     assert result.success
     rows = pl.read_parquet(env[2] / "storage" / "evaluation_answers.parquet")
-    assert rows.height == 3 * (6 + 2 + 3)
+    assert rows.height == 3 * (6 + 2 + 4)
     main = rows.filter(pl.col("sweep") == "main")
     assert sorted(main["variant"].unique()) == ["base", "base+rag", "reranked", "retrieved", "tuned", "tuned+rag"]
     assert set(rows.columns) >= {"answer", "sources", "rouge_l", "token_f1", "latency_s", "new_tokens", "ended",
-                                 "repeated_4grams", "faithfulness", "quoted", "model_answer"}
+                                 "repeated_4grams", "faithfulness", "quoted", "declined", "model_answer"}
     assert rows["rouge_l"].is_between(0, 1).all() and rows["token_f1"].is_between(0, 1).all()
     rag = rows.filter(pl.col("variant").str.ends_with("+rag") | pl.col("variant").is_in(["retrieved", "reranked"]))
     no_rag = rows.filter(pl.col("variant").is_in(["base", "tuned"]))
-    assert (rag["sources"].list.len() > 0).all() and (no_rag["sources"].list.len() == 0).all()
+    answered = rag.filter(~pl.col("declined"))  # withheld (the floor sweep row below): nothing cited
+    assert (answered["sources"].list.len() > 0).all() and (no_rag["sources"].list.len() == 0).all()
     assert no_rag["faithfulness"].is_null().all()  # nothing cited, nothing to be faithful to
     # only a model's RAG answer can be replaced by its source, and then the model's text is kept beside it
     assert not rows.filter(~pl.col("variant").str.ends_with("+rag"))["quoted"].any()
@@ -78,8 +80,13 @@ def test_four_variants_sweeps_check_and_reuse(env):
     for qid, ids in rag.select("question_id", "source_ids").iter_rows():
         assert not set(ids) & set(own[qid])
     unguarded = RetrievalSetting(quote_unsupported=False).label()
+    strict = RetrievalSetting(min_similarity=0.99).label()
     assert sorted(rows.filter(pl.col("sweep") == "retrieval")["retrieval"].unique()) == sorted([
-        "k=1, question+answer, hybrid", "k=2, question+answer, vector", unguarded])
+        "k=1, question+answer, hybrid", "k=2, question+answer, vector", unguarded, strict])
+    # a floor nothing reaches: every answer withheld (no model ran, nothing cited); the main run withholds none here
+    withheld = rows.filter(pl.col("retrieval") == strict)
+    assert withheld["declined"].all() and (withheld["answer"] == NOT_FOUND).all() and (withheld["new_tokens"] == 0).all()
+    assert (withheld["sources"].list.len() == 0).all() and not rows.filter(pl.col("retrieval") != strict)["declined"].any()
     assert unguarded.endswith(", quote_unsupported=False")
     assert not rows.filter(pl.col("retrieval") == unguarded)["quoted"].any()
     assert rows.filter((pl.col("sweep") == "retrieval") & pl.col("retrieval").str.starts_with("k=1"))["sources"].list.len().max() == 1

@@ -282,6 +282,56 @@ def test_the_assistant_quotes_the_source_unless_told_not_to(generator, monkeypat
     assert not no_rag.quoted and no_rag.answer == unsure  # nothing cited: nothing to quote
 
 
+class _SimilarStore(_Store):
+    """Hits with a cosine similarity that depends on the question: 0.6 for blueberries, 0.1 otherwise."""
+
+    def search(self, question, k, mode, where=None, vector=None):
+        import dataclasses
+
+        [hit] = super().search(question, k, mode, where, vector)
+        return [dataclasses.replace(hit, similarity=0.6 if "blueberr" in question.lower() else 0.1)]
+
+
+def test_below_the_relevance_floor_the_answer_is_withheld_without_running_the_model(generator, monkeypatch):
+    """A question whose nearest passage is less similar than ``min_similarity`` gets NOT_FOUND, no source, and no
+    prompt reaches the model (the other question of the batch still does); ``None`` turns the floor off, and a hit
+    with no similarity (BM25 alone) is never withheld."""
+    import dataclasses
+
+    from garden_assets.llm.rag import NOT_FOUND, above_floor, pasted_answer
+
+    prompts: list[str] = []
+    real = generator.generate
+    monkeypatch.setattr(generator, "generate", lambda ps, settings: prompts.extend(ps) or real(ps, settings))
+    settings = GenerationSettings(max_new_tokens=2)
+    questions = [Question("How do I configure a Kubernetes ingress?"), Question("What soil do blueberries like?")]
+    off, on = Assistant(generator, _SimilarStore(), min_similarity=0.25).ask(questions, settings)
+    assert off.declined and off.answer == NOT_FOUND and not off.sources and off.new_tokens == 0 and off.rag
+    assert not on.declined and [s.answer_id for s in on.sources] == [1]
+    assert len(prompts) == 1 and "blueberries" in prompts[0]
+    prompts.clear()
+    Assistant(generator, _SimilarStore(), min_similarity=None).ask(questions, settings)
+    assert len(prompts) == 2
+    prompts.clear()  # every question withheld: no generation at all
+    [alone] = Assistant(generator, _SimilarStore(), min_similarity=0.25).ask(questions[:1], settings)
+    assert alone.declined and not prompts
+    # the no-model anchor withholds the same way
+    pasted = pasted_answer(_SimilarStore(), questions[0], min_similarity=0.25)
+    assert pasted.declined and pasted.answer == NOT_FOUND and not pasted.sources
+    assert pasted_answer(_SimilarStore(), questions[0], min_similarity=None).answer == SOURCE
+    bm25 = dataclasses.replace(_Store().search("q", 1, "fts")[0], similarity=None)
+    assert above_floor([bm25], 0.99) == [bm25] and above_floor([bm25], None) == [bm25]
+
+
+def test_the_relevance_floor_is_a_cosine():
+    from garden_assets.llm.rag import RetrievalSetting
+
+    for bad in (1.5, -2, "high"):
+        with pytest.raises(ValueError, match="min_similarity is a cosine similarity"):
+            RetrievalSetting(min_similarity=bad)
+    assert "min_similarity=None" in RetrievalSetting(min_similarity=None).label()
+
+
 def test_the_assistant_shows_a_long_body_cut_to_its_leading_sentences(generator, monkeypatch):
     """Every prompt, RAG or not, holds the question body cut to context_tokens (as training prompts do);
     ``context_tokens=None`` shows it whole."""

@@ -96,6 +96,21 @@ def test_search_modes_return_sourced_hits(tmp_path, minilm):
         store.search("  ")
 
 
+def test_every_hit_carries_its_cosine_similarity_to_the_query(tmp_path, minilm):
+    """The relevance floor's measure: vector mode's 1 − distance, and in hybrid mode the same value for every hit
+    (computed from the hits' vectors, so a row only BM25 found has it too); BM25 alone embeds nothing: None."""
+    store = open_store(tmp_path, key="answer", device="cpu")
+    store.upsert(sample_pairs())
+    query = "garlic cloves"
+    every = {h.answer_id: h.similarity for h in store.search(query, k=8, mode="vector")}
+    assert len(every) == 8 and all(-1 <= s <= 1 for s in every.values())
+    hybrid = store.search(query, k=8, mode="hybrid")
+    assert len(hybrid) == 8
+    for h in hybrid:
+        assert h.similarity == pytest.approx(every[h.answer_id], abs=1e-3)
+    assert all(h.similarity is None for h in store.search(query, k=3, mode="fts"))
+
+
 def test_default_key_finds_question_by_its_title(tmp_path, minilm):
     store = QAStore(tmp_path, minilm)  # default key question+answer
     store.upsert(sample_pairs())

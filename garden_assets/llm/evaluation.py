@@ -32,7 +32,7 @@ from .rag import Answer, Assistant, Question, RetrievalSetting, pasted_answer
 
 PASTED = ("retrieved", "reranked")  # no model: a search hit pasted as is
 VARIANTS = (*PASTED, "base", "base+rag", "tuned", "tuned+rag")
-ROWS_VERSION = 6  # bump when a row's columns, a metric's definition, how passages are chosen or how answers are cut change: cached answers are redone
+ROWS_VERSION = 7  # bump when a row's columns, a metric's definition, how passages are chosen or how answers are cut change: cached answers are redone
 
 
 @dataclass(frozen=True)
@@ -209,7 +209,8 @@ def run_evaluation(
             began, store = time.perf_counter(), store_of(variant, retrieval)
             pool = retrieval.consensus_pool if variant.name == "reranked" else None
             record(sweep, variant, settings, retrieval, [
-                pasted_answer(store, q, k=retrieval.k, mode=retrieval.mode, exclude=[qid], consensus_pool=pool)
+                pasted_answer(store, q, k=retrieval.k, mode=retrieval.mode, exclude=[qid], consensus_pool=pool,
+                              min_similarity=retrieval.min_similarity)
                 for q, qid in zip(asked, exclude)], began)
     for model in plan.models():
         generator = load_generator(model)
@@ -219,7 +220,7 @@ def run_evaluation(
             began = time.perf_counter()
             assistant = Assistant(generator, store_of(variant, retrieval), k=retrieval.k, mode=retrieval.mode,
                                   passage_tokens=retrieval.passage_tokens, consensus_pool=retrieval.consensus_pool,
-                                  quote_unsupported=retrieval.quote_unsupported,
+                                  quote_unsupported=retrieval.quote_unsupported, min_similarity=retrieval.min_similarity,
                                   context_tokens=retrieval.context_tokens, judge_embed=judge_of(variant, retrieval))
             record(sweep, variant, settings, retrieval,
                    assistant.ask(asked, settings, rag=variant.rag, exclude_question_ids=exclude), began)
@@ -243,6 +244,7 @@ def answer_row(sweep: str, variant: Variant, settings: GenerationSettings, retri
         "question": q.instruction, "reference": q.references[0], "answer": a.answer,
         "sources": [s.url for s in a.sources], "source_ids": [s.answer_id for s in a.sources],
         "rouge_l": round(r, 4), "token_f1": round(f, 4), "ended": a.ended, "looped": a.looped, "quoted": a.quoted,
+        "declined": a.declined,
         "model_answer": a.model_answer,
         "repeated_4grams": round(repeated_ngram_share(a.answer, 4), 4),
         "faithfulness": None if faithful is None else round(faithful, 4),
@@ -255,7 +257,8 @@ def answer_row(sweep: str, variant: Variant, settings: GenerationSettings, retri
 
 def summarize(rows: pl.DataFrame) -> pl.DataFrame:
     """One line per (sweep, variant, setting, retrieval): mean scores, share of answers that ended by themselves,
-    share replaced by their top passage (`rag.grounded`), mean share of repeated 4-grams, mean faithfulness (RAG
+    share replaced by their top passage (`rag.grounded`), share withheld for want of a relevant passage
+    (`RetrievalSetting.min_similarity`), mean share of repeated 4-grams, mean faithfulness (RAG
     variants), the model's own text's token F1 and faithfulness (quoted or not), p50 latency, tokens/s and the wall
     seconds of the whole batch of answers."""
     return (
@@ -267,6 +270,7 @@ def summarize(rows: pl.DataFrame) -> pl.DataFrame:
             pl.col("ended").mean().round(3),
             pl.col("looped").mean().round(3),
             pl.col("quoted").mean().round(3),
+            pl.col("declined").mean().round(3),
             pl.col("repeated_4grams").mean().round(4),
             pl.col("faithfulness").mean().round(3),
             pl.col("model_token_f1").mean().round(4),

@@ -24,6 +24,12 @@ MIN_DOC_TOKENS = 32
 # ends within its budget (docs/evaluation.md, recipe runs)
 TEXT_TOKENS = 192
 QUOTE_BELOW = 0.5  # `grounded`: a majority of the answer's judged sentences unsupported → quote the source
+# RetrievalSetting.min_similarity: a passage less similar to the question than this (cosine, the packaged MiniLM) is
+# never shown, and a question with none above it gets NOT_FOUND, not the nearest passage pasted confidently. Chosen on
+# our own data (benchmarks/relevance_floor.py): the bundled sample's held-out questions all find an answer at ≥ 0.31;
+# 73 % of our 30 written off-topic questions find none at 0.25 (docs/evaluation.md). Another embedder needs its own.
+MIN_SIMILARITY = 0.25
+NOT_FOUND = "I found nothing in the indexed posts that answers this question."
 
 
 @dataclass(frozen=True)
@@ -41,6 +47,9 @@ class RetrievalSetting:
     # a model answer whose passages support fewer than half of its sentences is replaced by the top passage it cites
     # (`grounded`): a RAG answer never says what its source does not
     quote_unsupported: bool = True
+    # hits less similar to the question (cosine) are dropped before the consensus; none left: the answer is withheld
+    # (NOT_FOUND, ``declined``). None: no floor (``fts`` mode has no similarities: no floor either)
+    min_similarity: float | None = MIN_SIMILARITY
 
     def __post_init__(self) -> None:
         if not isinstance(self.k, int) or not 1 <= self.k <= 50:
@@ -51,10 +60,11 @@ class RetrievalSetting:
         for name in ("passage_tokens", "context_tokens"):
             check_cap(name, getattr(self, name))
         check_consensus_pool(self.consensus_pool)
+        check_min_similarity(self.min_similarity)
 
     def label(self) -> str:
-        changed = "".join(f", {name}={getattr(self, name)}" for name in ("passage_tokens", "context_tokens",
-                                                                         "consensus_pool", "quote_unsupported")
+        named = ("passage_tokens", "context_tokens", "consensus_pool", "quote_unsupported", "min_similarity")
+        changed = "".join(f", {name}={getattr(self, name)}" for name in named
                           if getattr(self, name) != getattr(DEFAULT_RETRIEVAL, name))
         return f"k={self.k}, {self.key}, {self.mode}{changed}"
 
@@ -67,6 +77,11 @@ def check_cap(name: str, tokens: int | None) -> None:
 def check_consensus_pool(pool: int | None) -> None:
     if pool is not None and not (isinstance(pool, int) and 1 <= pool <= 50):
         raise ValueError(f"consensus_pool must be 1..50 hits (None: the search order), got {pool!r}")
+
+
+def check_min_similarity(floor: float | None) -> None:
+    if floor is not None and not (isinstance(floor, (int, float)) and -1.0 <= floor <= 1.0):
+        raise ValueError(f"min_similarity is a cosine similarity, -1..1 (None: no floor), got {floor!r}")
 
 
 DEFAULT_RETRIEVAL = RetrievalSetting()
@@ -161,6 +176,7 @@ class Answer:
     quoted: bool = False  # the model's answer was unsupported by its passages: ``answer`` is the top passage
     model_answer: str | None = None  # what the model wrote, when ``quoted``
     model_faithfulness: float | None = None  # and how much of it all its passages supported, when ``quoted``
+    declined: bool = False  # no passage retrieved at or above the relevance floor: ``answer`` is NOT_FOUND, no model ran
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -203,33 +219,45 @@ def retrieve(store, question: str, *, k: int, mode: str, exclude=(), vector=None
                         vector=vector)
 
 
+def above_floor(hits: Sequence, min_similarity: float | None) -> list:
+    """The hits at least ``min_similarity`` similar to the question (a hit with no similarity, from a BM25-only
+    search, is kept; None: all)."""
+    if min_similarity is None:
+        return list(hits)
+    return [h for h in hits if h.similarity is None or h.similarity >= min_similarity]
+
+
 def rag_passages(store, question: str, *, k: int, mode: str, tokenizer=None, passage_tokens: int | None,
-                 consensus_pool: int | None, exclude=(), vector=None, site: str | None = None) -> list:
-    """The ``k`` hits a RAG prompt shows: the search's top ``max(k, consensus_pool)``, ordered by consensus over
-    the passages as the prompt cuts them, weighted by the hits' scores, the first ``k`` (``consensus_pool`` None
-    or ≤ k: the search's top k)."""
+                 consensus_pool: int | None, exclude=(), vector=None, site: str | None = None,
+                 min_similarity: float | None = None) -> list:
+    """The ``k`` hits a RAG prompt shows: the search's top ``max(k, consensus_pool)`` at least ``min_similarity``
+    similar to the question, ordered by consensus over the passages as the prompt cuts them, weighted by the hits'
+    scores, the first ``k`` (``consensus_pool`` None or ≤ k: the search's top k). Empty: nothing relevant."""
     hits = retrieve(store, question, k=max(k, consensus_pool or 0), mode=mode, exclude=exclude, vector=vector, site=site)
-    if (consensus_pool or 0) > k:
+    hits = above_floor(hits, min_similarity)
+    if (consensus_pool or 0) > k and len(hits) > 1:
         order = consensus_order([cap_passage(h.text, tokenizer, passage_tokens) for h in hits], [h.score for h in hits])
         hits = [hits[i] for i in order]
     return hits[:k]
 
 
 def pasted_answer(store, question: Question, *, k: int = 1, mode: str = DEFAULT_MODE, exclude=(),
-                  site: str | None = None, consensus_pool: int | None = None) -> "Answer":
-    """The anchor a user has without any model: the top retrieved answer, pasted as is, with its source.
-    ``consensus_pool``: the top of that many hits by consensus instead (`rag_passages`, over whole answers: with
-    no model there is no tokenizer to cut them as a prompt does) — what the reranker gives without a model."""
+                  site: str | None = None, consensus_pool: int | None = None,
+                  min_similarity: float | None = DEFAULT_RETRIEVAL.min_similarity) -> "Answer":
+    """The anchor a user has without any model: the top retrieved answer, pasted as is, with its source (NOT_FOUND
+    when no hit reaches ``min_similarity``). ``consensus_pool``: the top of that many hits by consensus instead
+    (`rag_passages`, over whole answers: with no model there is no tokenizer to cut them as a prompt does) — what
+    the reranker gives without a model."""
     began = time.perf_counter()
     hits = rag_passages(store, question.text, k=k, mode=mode, passage_tokens=None, consensus_pool=consensus_pool,
-                        exclude=exclude, site=site)
+                        exclude=exclude, site=site, min_similarity=min_similarity)
     seconds = time.perf_counter() - began
     top = hits[:1]
-    return Answer(question=question.text.strip(), answer=top[0].text if top else "", rag=True,
+    return Answer(question=question.text.strip(), answer=top[0].text if top else NOT_FOUND, rag=True,
                   sources=[Source(h.answer_id, h.question_id, h.title, h.source_url, round(float(h.score), 4),
                                   site=h.site) for h in top],
                   latency_s=round(seconds, 3), retrieval_s=round(seconds, 4), docs_retrieved=len(hits),
-                  passages=[h.text for h in top])
+                  passages=[h.text for h in top], declined=not top)
 
 
 def fit_rag_prompt(question: Question, hits: Sequence, count_tokens, max_prompt_tokens: int, *, tokenizer=None,
@@ -307,7 +335,8 @@ class Assistant:
                  mode: str = DEFAULT_RETRIEVAL.mode, passage_tokens: int | None = DEFAULT_PASSAGE_TOKENS,
                  consensus_pool: int | None = DEFAULT_RETRIEVAL.consensus_pool, site: str | None = None,
                  quote_unsupported: bool = DEFAULT_RETRIEVAL.quote_unsupported,
-                 context_tokens: int | None = DEFAULT_RETRIEVAL.context_tokens, judge_embed=None) -> None:
+                 context_tokens: int | None = DEFAULT_RETRIEVAL.context_tokens,
+                 min_similarity: float | None = DEFAULT_RETRIEVAL.min_similarity, judge_embed=None) -> None:
         if k < 1:
             raise ValueError(f"k must be ≥ 1, got {k}")
         self.generator = generator
@@ -319,6 +348,7 @@ class Assistant:
         self.site = site  # retrieve from this site only (None: all)
         self.quote_unsupported = quote_unsupported  # RAG answers go through `grounded`
         self.context_tokens = context_tokens  # each question's body is cut to this (`capped_question`)
+        self.min_similarity = min_similarity  # RAG: no passage this similar to the question → NOT_FOUND, no model
         # `grounded`'s embedding function (the evaluation passes a memoized one); None: the store's embedder
         self.judge_embed = judge_embed
 
@@ -329,7 +359,7 @@ class Assistant:
         settings = settings or GenerationSettings()
         gen = self.generator
         budget = gen.prompt_budget(settings)
-        fitted: list[FittedPrompt] = []
+        fitted: list[FittedPrompt | None] = []  # None: nothing relevant retrieved, the answer is withheld
         retrieval_s: list[float] = []
         for i, q in enumerate(questions):
             text = check_question(q.text)
@@ -343,13 +373,19 @@ class Assistant:
             began = time.perf_counter()
             hits = rag_passages(self.store, text, k=self.k, mode=self.mode, tokenizer=gen.tokenizer,
                                 passage_tokens=self.passage_tokens, consensus_pool=self.consensus_pool, exclude=skip,
-                                site=self.site)
+                                site=self.site, min_similarity=self.min_similarity)
             retrieval_s.append(time.perf_counter() - began)
             fitted.append(fit_rag_prompt(q, hits, gen.count_tokens, budget, tokenizer=gen.tokenizer,
-                                         passage_tokens=self.passage_tokens))
-        outputs = gen.generate([f.prompt for f in fitted], settings)
+                                         passage_tokens=self.passage_tokens) if hits else None)
+        prompts = [f.prompt for f in fitted if f is not None]
+        generated = iter(gen.generate(prompts, settings) if prompts else [])
         answers = []
-        for q, f, r, outs in zip(questions, fitted, retrieval_s, outputs):
+        for q, f, r in zip(questions, fitted, retrieval_s):
+            if f is None:
+                answers.append(Answer(question=q.text.strip(), answer=NOT_FOUND, rag=True, latency_s=round(r, 3),
+                                      retrieval_s=round(r, 4), declined=True))
+                continue
+            outs = next(generated)
             best = outs[0]
             answer = Answer(
                 question=q.text.strip(), answer=best.text, sources=f.sources, rag=rag, prompt_tokens=f.prompt_tokens,

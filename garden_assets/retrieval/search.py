@@ -36,7 +36,9 @@ HIT_COLUMNS = [KEY, "site", "answer_id", "question_id", "instruction", "response
 
 @dataclass(frozen=True)
 class Hit:
-    """One retrieved answer with its source: ``score`` is higher-is-better within one result list."""
+    """One retrieved answer with its source: ``score`` is higher-is-better within one result list; ``similarity``
+    is the cosine similarity of the query's and the row's embeddings, comparable across queries (None in ``fts``
+    mode, where nothing is embedded)."""
 
     answer_id: int
     question_id: int
@@ -47,6 +49,7 @@ class Hit:
     answer_score: int
     score: float
     site: str = ""
+    similarity: float | None = None
 
 
 def uid_expr() -> pl.Expr:
@@ -88,7 +91,8 @@ def check_mode(mode: str) -> None:
 
 
 def hits_from_arrow(table: pa.Table, mode: str, k: int) -> list[Hit]:
-    """Rows of a LanceDB result (best first) → hits; vector distances become similarities (1 − cosine distance)."""
+    """Rows of a LanceDB result (best first) → hits; vector distances become similarities (1 − cosine distance);
+    a hybrid result carries them in ``_similarity``."""
     rows = table.slice(0, k).to_pylist()
     if mode == "vector":
         scores = [1.0 - r["_distance"] for r in rows]
@@ -96,9 +100,17 @@ def hits_from_arrow(table: pa.Table, mode: str, k: int) -> list[Hit]:
         scores = [r["_score"] for r in rows]
     else:
         scores = [r["_relevance_score"] for r in rows]
+    similarities = scores if mode == "vector" else [r.get("_similarity") for r in rows]
     return [
         Hit(answer_id=r["answer_id"], question_id=r["question_id"], title=r["instruction"], text=r["response"],
             source_url=r["source_url"], is_accepted=r["is_accepted"], answer_score=r["answer_score"], score=float(s),
-            site=r.get("site") or "")
-        for r, s in zip(rows, scores)
+            site=r.get("site") or "", similarity=None if sim is None else round(float(sim), 4))
+        for r, s, sim in zip(rows, scores, similarities)
     ]
+
+
+def cosine(vectors: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """Cosine similarity of each row of ``vectors`` to ``query``."""
+    vectors, query = np.asarray(vectors, np.float64), np.asarray(query, np.float64).ravel()
+    norms = np.linalg.norm(vectors, axis=1) * np.linalg.norm(query)
+    return np.divide(vectors @ query, norms, out=np.zeros(len(vectors)), where=norms > 0)

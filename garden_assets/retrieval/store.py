@@ -33,7 +33,7 @@ import polars as pl
 import pyarrow as pa
 
 from .embedder import DEFAULT_KEY, KEYS, build_key_text, index_id_for, model_slug, resolve_model
-from .search import (CANDIDATES, DEFAULT_MODE, HIT_COLUMNS, SEARCH_K, ID_SCHEME, KEY, VECTOR_WEIGHT, Hit, check_mode, fuse,
+from .search import (CANDIDATES, DEFAULT_MODE, HIT_COLUMNS, SEARCH_K, ID_SCHEME, KEY, VECTOR_WEIGHT, Hit, check_mode, cosine, fuse,
                      hits_from_arrow, uid_expr)
 
 PAIR_COLUMNS = [
@@ -396,9 +396,14 @@ class QAStore:
         order = fused[KEY].to_pylist()
         if not order:
             return []
-        rows = tbl.search().where(f"{KEY} IN ({_id_list(order)})").select(HIT_COLUMNS).limit(len(order)).to_arrow()
+        # with their vectors: a row only the BM25 leg found has no distance, and every hit gets its similarity
+        rows = (tbl.search().where(f"{KEY} IN ({_id_list(order)})").select([*HIT_COLUMNS, "vector"])
+                .limit(len(order)).to_arrow())
         at = {a: i for i, a in enumerate(rows[KEY].to_pylist())}
-        rows = rows.take(pa.array([at[a] for a in order])).append_column("_relevance_score", fused["_relevance_score"])
+        rows = rows.take(pa.array([at[a] for a in order]))
+        similarity = cosine(np.stack(rows["vector"].to_numpy(zero_copy_only=False)), vec)
+        rows = (rows.drop_columns(["vector"]).append_column("_relevance_score", fused["_relevance_score"])
+                .append_column("_similarity", pa.array(similarity, pa.float64())))
         return hits_from_arrow(rows, mode, k)
 
 
