@@ -35,6 +35,18 @@ def test_clean_posts_filters_and_counts(tmp_path):
     assert unfiltered.height == 3 and "removed_min_score" not in counts
 
 
+def test_clean_posts_converts_only_the_rows_the_score_filter_keeps(tmp_path, monkeypatch):
+    """The HTML conversion (the costly part) runs after the score filter, on the rows it keeps; same rows out."""
+    from garden_assets.stackexchange import text
+
+    seen = []
+    real = text.html_to_text_series
+    monkeypatch.setattr(text, "html_to_text_series", lambda bodies: seen.append(len(bodies)) or real(bodies))
+    path = write_dump(tmp_path / "Posts.xml", [q(1, score=9), a(2, 1, score=2), a(3, 1, score=1), a(4, 1, score=7)])
+    clean, counts = text.clean_posts(read_posts(path), min_score=5)
+    assert seen == [2] and clean["id"].to_list() == [1, 4] and counts["removed_min_score"] == 2
+
+
 def test_pairs_newest_wins_orphans_and_accepted(tmp_path):
     d1 = write_dump(tmp_path / "d1" / "Posts.xml", [q(1, accepted=2, title="Old title"), a(2, 1), a(3, 1), a(9, 404)])
     d2 = write_dump(

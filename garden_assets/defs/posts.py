@@ -128,8 +128,8 @@ class CleanConfig(dg.Config):
 def clean_posts(context: dg.AssetExecutionContext, config: CleanConfig, paths: GardenPaths, raw_posts: StoredParquet):
     # raw_posts is read a few row groups at a time (not loaded, not memory-mapped): batches are cleaned in threads
     # and written one by one to a staged file.
-    c = Counter(dict.fromkeys(["rows_in", "removed_empty_text", "removed_min_score", "removed_max_body_chars",
-                               "rows_out", "rows_with_html"], 0))
+    c = Counter(dict.fromkeys(["rows_in", "removed_min_score", "removed_empty_text", "removed_max_body_chars",
+                               "rows_out", "rows_with_html"], 0))  # in the order the filters run
     with staged_parquet(paths, f"clean_posts-{context.partition_key}") as staged:
         source = raw_posts.open()
         empty = clean_frame(pl.from_arrow(source.schema_arrow.empty_table()))[0].to_arrow().schema

@@ -110,17 +110,19 @@ def clean_posts(
 ) -> tuple[pl.DataFrame, dict[str, int]]:
     """``raw_posts`` → ``clean_posts``: ``body_html`` replaced by ``text``, then the optional filters.
 
+    The score filter runs first: it needs no text, so only the rows it keeps pay for the HTML conversion (most of
+    the work; the default ``min_score`` 5 keeps about a third of a real dump's rows). Then empty text, then length.
     Returns the frame and counts: rows in, rows removed by each filter, rows out. No filter unless given.
     """
-    df = raw.with_columns(html_to_text_series(raw["body_html"]).alias("text")).drop("body_html")
     counts = {"rows_in": raw.height}
+    if min_score is not None:
+        low = pl.col("score") < min_score
+        counts["removed_min_score"] = raw.filter(low).height
+        raw = raw.filter(~low)
+    df = raw.with_columns(html_to_text_series(raw["body_html"]).alias("text")).drop("body_html")
     empty = pl.col("text").str.len_chars() == 0
     counts["removed_empty_text"] = df.filter(empty).height
     df = df.filter(~empty)
-    if min_score is not None:
-        low = pl.col("score") < min_score
-        counts["removed_min_score"] = df.filter(low).height
-        df = df.filter(~low)
     if max_body_chars is not None:
         long = pl.col("text").str.len_chars() > max_body_chars
         counts["removed_max_body_chars"] = df.filter(long).height
