@@ -97,7 +97,9 @@ def _search(args: argparse.Namespace) -> int:
         print(json.dumps([dataclasses.asdict(h) for h in hits], default=str))
         return 0
     for i, h in enumerate(hits, 1):
-        similar = "" if h.similarity is None else f", similarity {h.similarity:.2f}"
+        floor = DEFAULT_RETRIEVAL.min_similarity
+        similar = "" if h.similarity is None else f", similarity {h.similarity:.2f}" + (
+            f" < {floor}: ask would not use it" if floor is not None and h.similarity < floor else "")
         print(f"{i}. [{h.score:.3f}{similar}] {h.title}\n   {h.source_url}\n   {h.text[:200].replace(chr(10), ' ')}")
     return 0
 

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from garden_assets.cli import main
-from garden_assets.llm.rag import NOT_FOUND
+from garden_assets.llm.rag import MIN_SIMILARITY, NOT_FOUND
 from .tiny_models import tiny_random_model
 from garden_assets.retrieval.store import open_store
 from garden_assets.retrieval.testing import sample_pairs
@@ -63,3 +63,9 @@ def test_ask_bad_input(tmp_path, monkeypatch, capsys):
     assert main(["ask", off_topic, "--no-model", "--min-similarity", "none", "--json"]) == 0
     forced = json.loads(capsys.readouterr().out)
     assert not forced["declined"] and len(forced["sources"]) == 1
+    # search still lists the nearest answers, each with its similarity and whether ask would use it
+    assert main(["search", off_topic, "--k", "2"]) == 0
+    listed = capsys.readouterr().out
+    assert listed.count(f"< {MIN_SIMILARITY}: ask would not use it") == 2 and "similarity 0." in listed
+    assert main(["search", "Can I compost citrus peels?", "--k", "1"]) == 0
+    assert "ask would not use it" not in capsys.readouterr().out
