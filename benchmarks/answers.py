@@ -32,8 +32,8 @@ from garden_assets.settings import Layout  # noqa: E402
 RELAXED_CLEAN = {"min_score": 0, "max_body_chars": 2000}
 TEST_FRACTION = 0.25
 STAGES = ("ingest", "pairs+index", "base_model", "dataset", "training", "evaluation")
-COLUMNS = ("variant", "questions", "token_f1", "rouge_l", "ended", "repeated_4grams", "faithfulness", "quoted", "declined",
-           "seconds")
+COLUMNS = ("variant", "questions", "token_f1", "rouge_l", "ended", "repeated_4grams", "faithfulness", "quoted",
+           "declined", "seconds")
 
 
 def main() -> int:

@@ -220,7 +220,8 @@ def run_evaluation(
             began = time.perf_counter()
             assistant = Assistant(generator, store_of(variant, retrieval), k=retrieval.k, mode=retrieval.mode,
                                   passage_tokens=retrieval.passage_tokens, consensus_pool=retrieval.consensus_pool,
-                                  quote_unsupported=retrieval.quote_unsupported, min_similarity=retrieval.min_similarity,
+                                  quote_unsupported=retrieval.quote_unsupported,
+                                  min_similarity=retrieval.min_similarity,
                                   context_tokens=retrieval.context_tokens, judge_embed=judge_of(variant, retrieval))
             record(sweep, variant, settings, retrieval,
                    assistant.ask(asked, settings, rag=variant.rag, exclude_question_ids=exclude), began)

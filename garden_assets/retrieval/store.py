@@ -33,8 +33,8 @@ import polars as pl
 import pyarrow as pa
 
 from .embedder import DEFAULT_KEY, KEYS, build_key_text, index_id_for, model_slug, resolve_model
-from .search import (CANDIDATES, DEFAULT_MODE, HIT_COLUMNS, SEARCH_K, ID_SCHEME, KEY, VECTOR_WEIGHT, Hit, check_mode, cosine, fuse,
-                     hits_from_arrow, uid_expr)
+from .search import (CANDIDATES, DEFAULT_MODE, HIT_COLUMNS, SEARCH_K, ID_SCHEME, KEY, VECTOR_WEIGHT, Hit, check_mode,
+                     cosine, fuse, hits_from_arrow, uid_expr)
 
 PAIR_COLUMNS = [
     "site", "question_id", "answer_id", "instruction", "context", "response", "category", "is_accepted",
