@@ -100,7 +100,8 @@ def test_four_variants_sweeps_check_and_reuse(env):
     assert "max_new_tokens=6, num_beams=2" in meta["generation_sweep"].value  # a sweep row keeps the main settings
     assert "k=2, question+answer, vector" in meta["retrieval_sweep"].value
     checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
-    assert sorted(checks) == ["tuned_rag_grounded", "tuned_rag_vs_base_rag", "tuned_rag_vs_retrieved"]
+    assert sorted(checks) == ["relevance_floor", "tuned_rag_grounded", "tuned_rag_vs_base_rag", "tuned_rag_vs_retrieved"]
+    assert checks["relevance_floor"].passed  # the main run withholds none (the strict floor is a sweep row)
     means = dict(main.group_by("variant").agg(pl.col("token_f1").mean()).rows())
     for name, anchor in (("tuned_rag_vs_base_rag", "base+rag"), ("tuned_rag_vs_retrieved", "retrieved")):
         assert checks[name].severity == dg.AssetCheckSeverity.WARN
@@ -125,6 +126,20 @@ def test_grounded_check_warns_when_most_tuned_rag_answers_were_quoted():
     assert "80% of tuned+RAG answers" in warned.description and "trained 6 steps" in warned.description
     assert evaluation._grounded_check(main.with_columns(pl.lit(0.1).alias("quoted")), log).passed
     assert evaluation._grounded_check(main.filter(pl.col("variant") == "retrieved"), []).passed  # not evaluated
+
+
+def test_a_floor_that_withholds_held_out_questions_warns(env):
+    """The main run's floor withholds every held-out question (no model variant: nothing to load): the answers are
+    written, and the relevance_floor check warns and says what to run; the scores of the other checks still come."""
+    result = materialize(env, eval_config(variants=["retrieved", "reranked"], retrieval={"min_similarity": 0.99}))
+    assert result.success
+    rows = pl.read_parquet(env[2] / "storage" / "evaluation_answers.parquet")
+    assert rows["declined"].all()
+    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    floor = checks["relevance_floor"]
+    assert not floor.passed and floor.severity == dg.AssetCheckSeverity.WARN
+    assert "100% of held-out questions" in floor.description and "benchmarks/relevance_floor.py" in floor.description
+    assert floor.metadata["min_similarity"].value == 0.99
 
 
 def test_bad_config_and_missing_inputs_fail_clearly_and_keep_old_answers(env, tmp_path):

@@ -30,6 +30,10 @@ CHECKS = {"tuned_rag_vs_base_rag": "base+rag", "tuned_rag_vs_retrieved": "retrie
 # tuned_rag_grounded: WARN when more than this share of tuned+RAG answers were unsupported by their passages (quoted
 # instead, rag.grounded) — the symptom of a model trained for too few steps (seen: 6 steps on a shared CPU)
 MAX_QUOTED = 0.25
+# relevance_floor: WARN when the floor (RetrievalSetting.min_similarity) withholds more than this share of held-out
+# questions, which the corpus usually answers: a floor that does not suit this corpus or embedder (coffee: 5 %,
+# datascience-meta and the sample: 0 %, docs/evaluation.md)
+MAX_WITHHELD = 0.1
 
 
 class _GenerationConfig(dg.Config):
@@ -105,7 +109,10 @@ def _plan(config: EvalConfig) -> EvalPlan:
                    for name, anchor in CHECKS.items()),
                  dg.AssetCheckSpec("tuned_rag_grounded", asset="evaluation_answers",
                                    description=f"Warns when over {MAX_QUOTED:.0%} of tuned+RAG answers were not "
-                                               "supported by their passages (quoted instead): train longer.")],
+                                               "supported by their passages (quoted instead): train longer."),
+                 dg.AssetCheckSpec("relevance_floor", asset="evaluation_answers",
+                                   description=f"Warns when the relevance floor withholds over {MAX_WITHHELD:.0%} of "
+                                               "the held-out questions: recalibrate min_similarity.")],
 )
 def evaluation_answers(context: dg.AssetExecutionContext, config: EvalConfig, paths: GardenPaths, model: BaseModel):
     plan, home = _plan(config), layout(paths)
@@ -173,6 +180,7 @@ def evaluation_answers(context: dg.AssetExecutionContext, config: EvalConfig, pa
     for name, anchor in CHECKS.items():
         yield _compare_check(main, name, "tuned+rag", anchor)
     yield _grounded_check(main, read_training_log(home.tuned))
+    yield _floor_check(main, plan.retrieval.min_similarity)
 
 
 def _compare_check(main: pl.DataFrame, name: str, variant: str, anchor: str) -> dg.AssetCheckResult:
@@ -202,6 +210,24 @@ def _grounded_check(main: pl.DataFrame, training_log: list[dict]) -> dg.AssetChe
             f"{quoted:.0%} of tuned+RAG answers were not supported by their passages and were replaced by their top "
             f"passage; the tuned model trained {steps} steps: give tuned_model more (max_train_seconds)"),
         metadata={"quoted_share": quoted, "max_quoted_share": MAX_QUOTED, "training_steps": steps},
+    )
+
+
+def _floor_check(main: pl.DataFrame, floor: float | None) -> dg.AssetCheckResult:
+    """WARN when a retrieval variant withheld more than MAX_WITHHELD of the held-out questions (every retrieval
+    variant searches the same way, so the largest share is theirs)."""
+    shares = main.filter(pl.col("retrieval") != "")["declined"]
+    withheld = float(shares.max()) if len(shares) else 0.0
+    passed = withheld <= MAX_WITHHELD
+    return dg.AssetCheckResult(
+        check_name="relevance_floor", passed=passed, severity=dg.AssetCheckSeverity.WARN,
+        description=None if passed else (
+            f"{withheld:.0%} of held-out questions, which the corpus usually answers, found no passage at or above "
+            f"min_similarity {floor}: the floor may not suit this corpus or embedder; `python "
+            f"benchmarks/relevance_floor.py <home>` shows where its held-out and off-topic questions fall, then set "
+            f"retrieval.min_similarity (and garden ask --min-similarity)"),
+        metadata={"withheld_share": withheld, "max_withheld_share": MAX_WITHHELD,
+                  "min_similarity": "none" if floor is None else floor},
     )
 
 
