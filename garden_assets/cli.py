@@ -228,9 +228,13 @@ def _ask(args: argparse.Namespace) -> int:
         raise UsageError(f"ask: {e}") from None
     label = "retrieved (no model)" if args.no_model else f"{args.model} model"
     try:
-        if args.no_model:
-            answer = pasted_answer(store, Question(question, args.context or ""), k=args.k, mode=args.mode,
-                                   site=_site(args.site), min_similarity=args.min_similarity)
+        # with RAG, a question that nothing in the index is close to is withheld before any model is loaded
+        pasted = None if store is None else pasted_answer(
+            store, Question(question, args.context or ""), k=args.k, mode=args.mode, site=_site(args.site),
+            min_similarity=args.min_similarity)
+        if args.no_model or (pasted is not None and pasted.declined):
+            answer = pasted
+            label = label if args.no_model else f"{label} not loaded"
         else:
             generator = load_generator(path, backend=backend, device=profile.resolve_device(),
                                        precision=profile.resolve_precision(),
@@ -262,7 +266,7 @@ def _ask(args: argparse.Namespace) -> int:
     dropped = f", {answer.docs_dropped} dropped" if answer.docs_dropped else ""
     ending = ("" if answer.ended else "; stopped: it began repeating itself (the repeat cut)" if answer.looped
               else "; stopped at max_new_tokens")
-    print(f"\n({label}{' + RAG' if answer.rag and not args.no_model else ''}; {answer.new_tokens} new tokens in "
+    print(f"\n({label}{' + RAG' if answer.rag and not args.no_model and not answer.declined else ''}; {answer.new_tokens} new tokens in "
           f"{answer.latency_s:.1f} s{dropped}{ending})", file=sys.stderr)
     return 0
 

@@ -63,6 +63,13 @@ def test_ask_bad_input(tmp_path, monkeypatch, capsys):
     assert main(["ask", off_topic, "--no-model", "--min-similarity", "none", "--json"]) == 0
     forced = json.loads(capsys.readouterr().out)
     assert not forced["declined"] and len(forced["sources"]) == 1
+    # withheld before any model is loaded
+    import garden_assets.llm.backends as backends
+
+    monkeypatch.setenv("GARDEN_BASE_MODEL", str(tiny))
+    monkeypatch.setattr(backends, "load_generator", lambda *a, **kw: pytest.fail("a model was loaded"))
+    assert main(["ask", off_topic, "--model", "base", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["declined"]
     # search still lists the nearest answers, each with its similarity and whether ask would use it
     assert main(["search", off_topic, "--k", "2"]) == 0
     listed = capsys.readouterr().out
