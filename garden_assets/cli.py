@@ -96,8 +96,8 @@ def _search(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([dataclasses.asdict(h) for h in hits], default=str))
         return 0
+    floor = DEFAULT_RETRIEVAL.min_similarity
     for i, h in enumerate(hits, 1):
-        floor = DEFAULT_RETRIEVAL.min_similarity
         similar = "" if h.similarity is None else f", similarity {h.similarity:.2f}" + (
             f" < {floor}: ask would not use it" if floor is not None and h.similarity < floor else "")
         print(f"{i}. [{h.score:.3f}{similar}] {h.title}\n   {h.source_url}\n   {h.text[:200].replace(chr(10), ' ')}")
@@ -193,7 +193,7 @@ def _ask(args: argparse.Namespace) -> int:
     from .llm.backends import describe, load_generator, query_embedder, resolve_backend
     from .llm.generate import GenerationSettings
     from .llm.models import base_model_path, base_model_spec, require_checkpoint, tuned_model_path
-    from .llm.rag import Assistant, Question, check_question, pasted_answer
+    from .llm.rag import Answer, Assistant, Question, check_question, pasted_answer, relevant_hits
     from .retrieval.store import QAStore, open_store
     from .settings import Layout, lance_storage_options, lance_uri
 
@@ -228,13 +228,15 @@ def _ask(args: argparse.Namespace) -> int:
         raise UsageError(f"ask: {e}") from None
     label = "retrieved (no model)" if args.no_model else f"{args.model} model"
     try:
-        # with RAG, a question that nothing in the index is close to is withheld before any model is loaded
-        pasted = None if store is None else pasted_answer(
-            store, Question(question, args.context or ""), k=args.k, mode=args.mode, site=_site(args.site),
-            min_similarity=args.min_similarity)
-        if args.no_model or (pasted is not None and pasted.declined):
-            answer = pasted
-            label = label if args.no_model else f"{label} not loaded"
+        if args.no_model:
+            answer = pasted_answer(store, Question(question, args.context or ""), k=args.k, mode=args.mode,
+                                   site=_site(args.site), min_similarity=args.min_similarity)
+        elif store is not None and not relevant_hits(
+                store, question, k=args.k, mode=args.mode, consensus_pool=DEFAULT_RETRIEVAL.consensus_pool,
+                site=_site(args.site), min_similarity=args.min_similarity):
+            # nothing close enough to answer from: withheld before any model is loaded (the Assistant below would
+            # find the same nothing; for a question it answers, this is one extra search, tens of milliseconds)
+            answer, label = Answer.withheld(question), f"{label} not loaded"
         else:
             generator = load_generator(path, backend=backend, device=profile.resolve_device(),
                                        precision=profile.resolve_precision(),
@@ -266,8 +268,9 @@ def _ask(args: argparse.Namespace) -> int:
     dropped = f", {answer.docs_dropped} dropped" if answer.docs_dropped else ""
     ending = ("" if answer.ended else "; stopped: it began repeating itself (the repeat cut)" if answer.looped
               else "; stopped at max_new_tokens")
-    print(f"\n({label}{' + RAG' if answer.rag and not args.no_model and not answer.declined else ''}; {answer.new_tokens} new tokens in "
-          f"{answer.latency_s:.1f} s{dropped}{ending})", file=sys.stderr)
+    rag = " + RAG" if answer.rag and not args.no_model and not answer.declined else ""
+    print(f"\n({label}{rag}; {answer.new_tokens} new tokens in {answer.latency_s:.1f} s{dropped}{ending})",
+          file=sys.stderr)
     return 0
 
 

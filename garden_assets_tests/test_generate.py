@@ -298,7 +298,7 @@ def test_below_the_relevance_floor_the_answer_is_withheld_without_running_the_mo
     with no similarity (BM25 alone) is never withheld."""
     import dataclasses
 
-    from garden_assets.llm.rag import NOT_FOUND, above_floor, pasted_answer
+    from garden_assets.llm.rag import NOT_FOUND, above_floor, pasted_answer, relevant_hits
 
     prompts: list[str] = []
     real = generator.generate
@@ -319,6 +319,15 @@ def test_below_the_relevance_floor_the_answer_is_withheld_without_running_the_mo
     pasted = pasted_answer(_SimilarStore(), questions[0], min_similarity=0.25)
     assert pasted.declined and pasted.answer == NOT_FOUND and not pasted.sources
     assert pasted_answer(_SimilarStore(), questions[0], min_similarity=None).answer == SOURCE
+    # the floor applies to the whole pool the consensus chooses from, not to the search's top hit alone
+    class _TwoHits(_Store):
+        def search(self, question, k, mode, where=None, vector=None):
+            [hit] = super().search(question, k, mode, where, vector)
+            return [dataclasses.replace(hit, answer_id=2, similarity=0.1), dataclasses.replace(hit, similarity=0.6)][:k]
+
+    assert [h.answer_id for h in relevant_hits(_TwoHits(), "q", k=1, mode="hybrid", consensus_pool=6,
+                                               min_similarity=0.25)] == [1]
+    assert not relevant_hits(_TwoHits(), "q", k=1, mode="hybrid", consensus_pool=None, min_similarity=0.25)
     bm25 = dataclasses.replace(_Store().search("q", 1, "fts")[0], similarity=None)
     assert above_floor([bm25], 0.99) == [bm25] and above_floor([bm25], None) == [bm25]
 

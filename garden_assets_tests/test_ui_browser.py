@@ -163,6 +163,7 @@ def test_materialize_ingestion_from_ui(dagster_ui, page, artifacts):
         sync_api.expect(page.get_by_text(re.compile(rf"materialized in run\s*{run_id[:8]}"))).to_be_visible()
         preview = metadata_row(page, "preview")
         sync_api.expect(preview).to_be_visible()
+        sync_api.expect(preview.locator("th")).to_have_count(5)  # the markdown table renders after its row shows
         headers = [h.strip() for h in preview.locator("th").all_inner_texts()]
         assert headers == ["id", "post_type", "score", "title", "text"], headers
         cells = preview.locator("tbody tr")

@@ -181,6 +181,12 @@ class Answer:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def withheld(cls, question: str, seconds: float = 0.0) -> "Answer":
+        """The answer to a question nothing retrieved is relevant to (`relevant_hits` empty): no model ran."""
+        return cls(question=question.strip(), answer=NOT_FOUND, rag=True, latency_s=round(seconds, 3),
+                   retrieval_s=round(seconds, 4), declined=True)
+
 
 def check_question(text: str) -> str:
     text = (text or "").strip()
@@ -227,14 +233,22 @@ def above_floor(hits: Sequence, min_similarity: float | None) -> list:
     return [h for h in hits if h.similarity is None or h.similarity >= min_similarity]
 
 
+def relevant_hits(store, question: str, *, k: int, mode: str, consensus_pool: int | None, exclude=(), vector=None,
+                  site: str | None = None, min_similarity: float | None = None) -> list:
+    """The hits `rag_passages` chooses from: the search's top ``max(k, consensus_pool)`` at least ``min_similarity``
+    similar to the question. Empty: nothing relevant, the answer is withheld (``garden ask`` checks this before it
+    loads a model)."""
+    hits = retrieve(store, question, k=max(k, consensus_pool or 0), mode=mode, exclude=exclude, vector=vector, site=site)
+    return above_floor(hits, min_similarity)
+
+
 def rag_passages(store, question: str, *, k: int, mode: str, tokenizer=None, passage_tokens: int | None,
                  consensus_pool: int | None, exclude=(), vector=None, site: str | None = None,
                  min_similarity: float | None = None) -> list:
-    """The ``k`` hits a RAG prompt shows: the search's top ``max(k, consensus_pool)`` at least ``min_similarity``
-    similar to the question, ordered by consensus over the passages as the prompt cuts them, weighted by the hits'
-    scores, the first ``k`` (``consensus_pool`` None or ≤ k: the search's top k). Empty: nothing relevant."""
-    hits = retrieve(store, question, k=max(k, consensus_pool or 0), mode=mode, exclude=exclude, vector=vector, site=site)
-    hits = above_floor(hits, min_similarity)
+    """The ``k`` hits a RAG prompt shows: `relevant_hits` ordered by consensus over the passages as the prompt cuts
+    them, weighted by the hits' scores, the first ``k`` (``consensus_pool`` None or ≤ k: the search's top k)."""
+    hits = relevant_hits(store, question, k=k, mode=mode, consensus_pool=consensus_pool, exclude=exclude,
+                         vector=vector, site=site, min_similarity=min_similarity)
     if (consensus_pool or 0) > k and len(hits) > 1:
         order = consensus_order([cap_passage(h.text, tokenizer, passage_tokens) for h in hits], [h.score for h in hits])
         hits = [hits[i] for i in order]
@@ -382,8 +396,7 @@ class Assistant:
         answers = []
         for q, f, r in zip(questions, fitted, retrieval_s):
             if f is None:
-                answers.append(Answer(question=q.text.strip(), answer=NOT_FOUND, rag=True, latency_s=round(r, 3),
-                                      retrieval_s=round(r, 4), declined=True))
+                answers.append(Answer.withheld(q.text, r))
                 continue
             outs = next(generated)
             best = outs[0]
