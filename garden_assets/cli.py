@@ -105,6 +105,8 @@ def _search(args: argparse.Namespace) -> int:
 
 
 def _eval_retrieval(args: argparse.Namespace) -> int:
+    if args.folds and not args.adapt:
+        raise UsageError("eval-retrieval: --folds needs --adapt (it cross-validates the adapted model)")
     from .retrieval.embedder import Embedder
     from .retrieval.metrics import evaluate_grid
     from .stackexchange.qa import build_pairs
@@ -128,39 +130,53 @@ def _eval_retrieval(args: argparse.Namespace) -> int:
 
 def _eval_held_out(args: argparse.Namespace, pairs, keys: list[str], modes: list[str]) -> int:
     """retrieval_eval's protocol from a dump: train the adapted model on the train split (as retriever_model
-    does), score the held-out test questions (corpus: every answer)."""
-    from .llm.dataset import held_out_questions
+    does), score the held-out test questions (corpus: every answer). ``--folds K``: every question instead, each
+    scored by one of K adapted models trained without its fold."""
+    from .llm.dataset import held_out_questions, question_folds
     from .retrieval.adapt import adapt_embedder
     from .retrieval.embedder import Embedder
-    from .retrieval.metrics import compare_models
+    from .retrieval.metrics import compare_models, cross_validate
 
-    try:
-        held = held_out_questions(pairs)
+    try:  # the split first: a bad --folds or a dump too small fails before any model loads
+        if args.folds:
+            folds = question_folds(set(zip(pairs["site"].to_list(), pairs["question_id"].to_list())), args.folds)
+        else:
+            held = held_out_questions(pairs)
     except ValueError as e:
         raise UsageError(f"eval-retrieval: {args.dump}: {e}") from None
-    if not held.test:
+    if not args.folds and not held.test:
         raise UsageError(f"eval-retrieval: {args.dump} has too few pairs to hold out a test question")
     with tempfile.TemporaryDirectory(prefix="garden_adapt_") as tmp:
         models = {"minilm": Embedder(args.model)}
-        if args.adapt:
-            result = adapt_embedder(pairs, held.questions, Path(tmp) / "adapted", model=args.model)
-            print(f"adapted: {result.pairs} train pairs ({result.questions} questions, {result.examples} examples), "
-                  f"{result.epochs} epochs, {result.steps} steps in {result.seconds} s; {len(held.test)} held-out "
-                  "test questions",
-                  file=sys.stderr)
-            models["adapted"] = Embedder(result.path)
         if args.mpnet:
             models["mpnet"] = Embedder(args.mpnet)
         weights = {"weights": args.weights} if args.weights else {}
-        for key in keys:
-            for r in compare_models(pairs, models, key=key, modes=modes, questions=held.test, **weights):
-                if args.json:
-                    print(json.dumps(r), flush=True)
-                else:
-                    weight = "" if r["vector_weight"] is None else f" w={r['vector_weight']}"
-                    speed = "" if r["docs_per_s"] is None else f", {r['docs_per_s']} docs/s"
-                    print(f"{r['model']:<8} {key:<16} {r['mode'] + weight:<12} Success@5 {r['success_at_5']:.3f}  "
-                          f"MRR@10 {r['mrr_at_10']:.3f}  ({r['queries']} held-out queries{speed})", flush=True)
+
+        def adapted(held: frozenset, label: str) -> Embedder:
+            result = adapt_embedder(pairs, held, Path(tmp) / label, model=args.model)
+            print(f"{label}: {result.pairs} train pairs ({result.questions} questions, {result.examples} examples), "
+                  f"{result.epochs} epochs, {result.steps} steps in {result.seconds} s; {len(held)} held-out "
+                  "questions", file=sys.stderr, flush=True)
+            return Embedder(result.path)
+
+        if args.folds:
+            fold_label = {f: f"fold-{i + 1}-of-{len(folds)}" for i, f in enumerate(folds)}
+            rows = cross_validate(pairs, models, lambda held: adapted(held, fold_label[held]), folds=folds,
+                                  keys=keys, modes=modes, **weights)
+        else:
+            if args.adapt:
+                models["adapted"] = adapted(held.questions, "adapted")
+            rows = (r for key in keys for r in compare_models(pairs, models, key=key, modes=modes,
+                                                               questions=held.test, **weights))
+        for r in rows:
+            if args.json:
+                print(json.dumps(r), flush=True)
+            else:
+                weight = "" if r["vector_weight"] is None else f" w={r['vector_weight']}"
+                speed = "" if r["docs_per_s"] is None else f", {r['docs_per_s']} docs/s"
+                scored = f"{r['folds']}-fold cross-validated" if r.get("folds") else "held-out"
+                print(f"{r['model']:<8} {r['key']:<16} {r['mode'] + weight:<12} Success@5 {r['success_at_5']:.3f}  "
+                      f"MRR@10 {r['mrr_at_10']:.3f}  ({r['queries']} {scored} queries{speed})", flush=True)
     return 0
 
 
@@ -335,6 +351,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adapt", action="store_true",
                    help="held-out protocol: fine-tune the model on the dump's train split (as retriever_model "
                         "does), score minilm, adapted, bm25 and hybrids on its held-out test questions")
+    p.add_argument("--folds", type=int, metavar="K",
+                   help="with --adapt: K-fold cross-validation — every question held out once, scored by one of K "
+                        "adapted models trained without its fold (K trainings; far less noise than one split)")
     p.add_argument("--mpnet", metavar="FOLDER", help="add an all-mpnet-base-v2 folder to the held-out table")
     p.add_argument("--weights", type=float, nargs="+", metavar="W",
                    help="hybrid vector weights to measure (held-out protocol; default: the search default)")

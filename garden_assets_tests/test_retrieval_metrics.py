@@ -56,3 +56,31 @@ def test_evaluate_perfect_when_the_query_is_in_the_key():
     pairs = sample_pairs().with_columns(pl.col("instruction").alias("context"))
     res = evaluate(pairs, HashEmbedder(), key="body+answer", mode="fts")
     assert res.success_at_5 == 1.0 and res.mrr_at_10 == 1.0
+
+
+def test_cross_validation_scores_every_question_once_and_pools_the_folds():
+    """The trained model's rows pool its folds: with a 'training' that returns the fixed model itself, the pooled
+    rows equal the fixed model's, scored on every question at once; each training holds out one fold."""
+    from garden_assets.llm.dataset import question_folds
+    from garden_assets.retrieval.metrics import cross_validate
+
+    pairs = sample_pairs()
+    questions = set(zip(pairs["site"], pairs["question_id"]))
+    folds = question_folds(questions, 3)
+    embedder, trained_without = HashEmbedder(), []
+
+    def train(held):
+        trained_without.append(held)
+        return embedder
+
+    rows = cross_validate(pairs, {"fixed": embedder}, train, folds=folds, keys=["answer"], weights=[0.5, 0.7])
+    assert trained_without == folds
+    by = {(r["model"], r["mode"], r["vector_weight"]): r for r in rows}
+    assert set(by) == {("bm25", "fts", None), *{(m, "vector", None) for m in ("fixed", "adapted")},
+                       *{(m, "hybrid", w) for m in ("fixed", "adapted") for w in (0.5, 0.7)}}
+    for mode, weight in [("vector", None), ("hybrid", 0.5), ("hybrid", 0.7)]:
+        fixed, pooled = by["fixed", mode, weight], by["adapted", mode, weight]
+        assert pooled["queries"] == fixed["queries"] == len(questions)
+        assert pooled["success_at_5"] == pytest.approx(fixed["success_at_5"], abs=1e-4)
+        assert pooled["mrr_at_10"] == pytest.approx(fixed["mrr_at_10"], abs=1e-4)
+    assert {r["folds"] for r in rows} == {3}

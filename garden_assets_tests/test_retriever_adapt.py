@@ -6,7 +6,7 @@ import polars as pl
 import pytest
 
 from garden_assets.llm.dataset import (DatasetOptions, SplitOptions, build_finetune_dataset, held_out_questions,
-                                       question_of)
+                                       question_folds, question_of)
 from garden_assets.retrieval import adapt
 from garden_assets.retrieval.metrics import queries_from_pairs
 
@@ -140,3 +140,42 @@ def test_positives_take_the_index_key_forms_and_only_train_pairs():
     assert with_body - set(answer["positive"]) and set(both["positive"]) == set(answer["positive"]) | with_body
     with pytest.raises(ValueError, match="positives"):
         adapt.AdaptOptions(positives=("question+answer",))
+
+
+
+def test_question_folds_partition_the_questions():
+    questions = {(site, q) for site in ("a", "b") for q in range(23)}
+    folds = question_folds(questions, 5)
+    assert len(folds) == 5 and frozenset().union(*folds) == questions
+    assert sum(map(len, folds)) == len(questions)  # disjoint
+    assert {len(f) for f in folds} <= {9, 10}  # near-equal
+    assert question_folds(sorted(questions, reverse=True), 5) == folds  # the order they come in does not matter
+    for bad in (1, 47, 2.0):
+        with pytest.raises(ValueError, match="folds"):
+            question_folds(questions, bad)
+
+
+@pytest.mark.slow
+def test_eval_retrieval_cross_validates_every_question(capsys, monkeypatch):
+    """`garden eval-retrieval DUMP --adapt --folds 2` on the bundled sample: two short real trainings, each
+    without one fold; every question is scored once, by the model that did not see it."""
+    import functools
+    import json
+
+    from garden_assets.cli import main
+
+    from .conftest import SAMPLE_DROPS
+
+    held_out = []
+    train = functools.partial(adapt.adapt_embedder, options=adapt.AdaptOptions(epochs=1.0, max_seconds=15.0))
+    monkeypatch.setattr(adapt, "adapt_embedder", lambda pairs, held, *a, **kw: held_out.append(held) or train(
+        pairs, held, *a, **kw))
+    dump = SAMPLE_DROPS / "sample-gardening" / "Posts.xml"
+    assert main(["eval-retrieval", str(dump), "--adapt", "--folds", "2", "--key", "answer", "--mode", "hybrid",
+                 "--json"]) == 0
+    out, err = capsys.readouterr()
+    rows = {r["model"]: r for r in map(json.loads, out.splitlines())}
+    assert set(rows) == {"minilm", "adapted"} and {r["folds"] for r in rows.values()} == {2}
+    assert len(held_out) == 2 and not held_out[0] & held_out[1]
+    assert rows["adapted"]["queries"] == rows["minilm"]["queries"] == len(held_out[0] | held_out[1])
+    assert "fold-1-of-2" in err and "fold-2-of-2" in err

@@ -312,6 +312,16 @@ class HeldOut:
         return self.test | self.valid
 
 
+def question_folds(questions: Iterable[tuple[str, int]], folds: int, seed: int = SplitOptions.seed,
+                   ) -> list[frozenset[tuple[str, int]]]:
+    """``questions`` dealt into ``folds`` disjoint groups of near-equal size in the held-out hash's order: the
+    cross-validated protocol holds out each group once, so every question is scored by a model that never saw it."""
+    ordered = sorted(set(questions), key=lambda q: (_holdout_rank(seed, q[1]), q))
+    if not isinstance(folds, int) or folds < 2 or len(ordered) < folds:
+        raise ValueError(f"folds must be 2..{len(ordered)} (one question at least in each), got {folds!r}")
+    return [frozenset(ordered[i::folds]) for i in range(folds)]
+
+
 def held_out_questions(qa_pairs, options: SplitOptions | None = None) -> HeldOut:
     """The questions ``build_finetune_dataset`` holds out of ``qa_pairs`` with ``options`` (the same functions,
     without a tokenizer): what the retriever must not train on and what retrieval_eval scores."""

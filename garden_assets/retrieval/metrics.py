@@ -11,7 +11,7 @@ from __future__ import annotations
 import tempfile
 import time
 from dataclasses import asdict, dataclass
-from typing import Collection, Hashable, Mapping, Sequence
+from typing import Callable, Collection, Hashable, Mapping, Sequence
 
 import polars as pl
 
@@ -152,3 +152,32 @@ def compare_models(pairs: pl.DataFrame, embedders: Mapping[str, object], *, key:
                              "success_at_5": r.success_at_5, "mrr_at_10": r.mrr_at_10, "queries": r.queries,
                              "docs_per_s": None if model == "bm25" else docs_per_s})
     return rows
+
+
+def cross_validate(pairs: pl.DataFrame, fixed: Mapping[str, object], train: Callable[[frozenset], object], *,
+                   folds: Sequence[Collection[tuple[str, int]]], keys: Sequence[str] = GRID_KEYS,
+                   modes: Sequence[str] = ("fts", "vector", "hybrid"), weights: Sequence[float] = (VECTOR_WEIGHT,),
+                   name: str = "adapted") -> list[dict]:
+    """`compare_models`' rows, every question of ``folds`` held out once: ``train(held)`` returns an embedder
+    trained without the pairs of ``held``, which then scores those questions only; the ``fixed`` embedders (and
+    bm25) score all of them. The trained model's rows pool its folds (means over every query, ``docs_per_s`` the
+    folds' mean) and carry ``folds``; so do the others', scored on the same questions."""
+    everyone = frozenset().union(*folds)
+    rows = [r for key in keys for r in compare_models(pairs, fixed, key=key, modes=modes, questions=everyone,
+                                                      weights=weights)]
+    parts: dict[tuple, list[dict]] = {}
+    for held in folds:
+        model = train(frozenset(held))
+        for key in keys:
+            for r in compare_models(pairs, {name: model}, key=key, modes=[m for m in modes if m != "fts"],
+                                    questions=held, weights=weights):
+                parts.setdefault((key, r["mode"], r["vector_weight"]), []).append(r)
+    for group in parts.values():
+        n = sum(p["queries"] for p in group)
+
+        def pooled(field: str) -> float:
+            return round(sum(p[field] * p["queries"] for p in group) / n, 4)
+
+        rows.append({**group[0], "success_at_5": pooled("success_at_5"), "mrr_at_10": pooled("mrr_at_10"),
+                     "queries": n, "docs_per_s": round(sum(p["docs_per_s"] for p in group) / len(group), 1)})
+    return [{**r, "folds": len(folds)} for r in rows]
