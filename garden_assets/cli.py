@@ -152,20 +152,20 @@ def _eval_held_out(args: argparse.Namespace, pairs, keys: list[str], modes: list
             models["mpnet"] = Embedder(args.mpnet)
         weights = {"weights": args.weights} if args.weights else {}
 
-        def adapted(held: frozenset, label: str) -> Embedder:
+        def adapted(held: frozenset, label: str, scored: int) -> Embedder:
             result = adapt_embedder(pairs, held, Path(tmp) / label, model=args.model)
             print(f"{label}: {result.pairs} train pairs ({result.questions} questions, {result.examples} examples), "
-                  f"{result.epochs} epochs, {result.steps} steps in {result.seconds} s; {len(held)} held-out "
+                  f"{result.epochs} epochs, {result.steps} steps in {result.seconds} s; {scored} held-out test "
                   "questions", file=sys.stderr, flush=True)
             return Embedder(result.path)
 
         if args.folds:
             fold_label = {f: f"fold-{i + 1}-of-{len(folds)}" for i, f in enumerate(folds)}
-            rows = cross_validate(pairs, models, lambda held: adapted(held, fold_label[held]), folds=folds,
+            rows = cross_validate(pairs, models, lambda held: adapted(held, fold_label[held], len(held)), folds=folds,
                                   keys=keys, modes=modes, **weights)
         else:
             if args.adapt:
-                models["adapted"] = adapted(held.questions, "adapted")
+                models["adapted"] = adapted(held.questions, "adapted", len(held.test))
             rows = (r for key in keys for r in compare_models(pairs, models, key=key, modes=modes,
                                                                questions=held.test, **weights))
         for r in rows:
