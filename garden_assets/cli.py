@@ -175,8 +175,10 @@ def _eval_held_out(args: argparse.Namespace, pairs, keys: list[str], modes: list
                 weight = "" if r["vector_weight"] is None else f" w={r['vector_weight']}"
                 speed = "" if r["docs_per_s"] is None else f", {r['docs_per_s']} docs/s"
                 scored = f"{r['folds']}-fold cross-validated" if r.get("folds") else "held-out"
+                paired = (f"; vs {r['vs']}: Success@5 {r['success_at_5_delta']:+.3f} ± {r['success_at_5_delta_se']:.3f}, "
+                          f"MRR@10 {r['mrr_at_10_delta']:+.3f} ± {r['mrr_at_10_delta_se']:.3f}") if "vs" in r else ""
                 print(f"{r['model']:<8} {r['key']:<16} {r['mode'] + weight:<12} Success@5 {r['success_at_5']:.3f}  "
-                      f"MRR@10 {r['mrr_at_10']:.3f}  ({r['queries']} {scored} queries{speed})", flush=True)
+                      f"MRR@10 {r['mrr_at_10']:.3f}  ({r['queries']} {scored} queries{speed}{paired})", flush=True)
     return 0
 
 

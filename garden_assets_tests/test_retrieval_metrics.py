@@ -83,4 +83,22 @@ def test_cross_validation_scores_every_question_once_and_pools_the_folds():
         assert pooled["queries"] == fixed["queries"] == len(questions)
         assert pooled["success_at_5"] == pytest.approx(fixed["success_at_5"], abs=1e-4)
         assert pooled["mrr_at_10"] == pytest.approx(fixed["mrr_at_10"], abs=1e-4)
-    assert {r["folds"] for r in rows} == {3}
+        assert (pooled["vs"], pooled["success_at_5_delta"], pooled["success_at_5_delta_se"],
+                pooled["mrr_at_10_delta"], pooled["mrr_at_10_delta_se"]) == ("fixed", 0.0, 0.0, 0.0, 0.0)
+    assert {r["folds"] for r in rows} == {3} and not any("per_query" in r for r in rows)
+
+
+def test_cross_validation_pairs_each_question_with_the_fixed_model():
+    """The paired difference is taken question by question: its mean is the difference of the pooled means."""
+    from garden_assets.llm.dataset import question_folds
+    from garden_assets.retrieval.metrics import cross_validate
+
+    pairs = sample_pairs()
+    folds = question_folds(set(zip(pairs["site"], pairs["question_id"])), 2)
+    rows = cross_validate(pairs, {"fixed": HashEmbedder(32)}, lambda held: HashEmbedder(8, name="other"),
+                          folds=folds, keys=["answer"], modes=["vector"])
+    fixed, trained = rows
+    assert (fixed["model"], trained["model"], trained["vs"]) == ("fixed", "adapted", "fixed") and "vs" not in fixed
+    for field in ("success_at_5", "mrr_at_10"):
+        assert trained[f"{field}_delta"] == pytest.approx(trained[field] - fixed[field], abs=2e-4)
+    assert trained["mrr_at_10_delta"] != 0 and trained["mrr_at_10_delta_se"] > 0  # two different rankings

@@ -8,6 +8,7 @@ Success@5 (a relevant answer in the top 5) and MRR@10. ``questions`` restricts t
 
 from __future__ import annotations
 
+import statistics
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -44,6 +45,12 @@ def queries_from_pairs(pairs: pl.DataFrame, questions: Collection[tuple[str, int
                        ) -> tuple[list[str], list[set[tuple[str, int]]]]:
     """The README's queries: each question's title once (first-seen order), relevant = its ``(site, answer id)``s;
     ``questions``: only these ``(site, question_id)``s."""
+    grouped = _query_frame(pairs, questions)
+    return grouped["instruction"].to_list(), _relevant(grouped)
+
+
+def _query_frame(pairs: pl.DataFrame, questions: Collection[tuple[str, int]] | None) -> pl.DataFrame:
+    """One row per question: ``_site, question_id, instruction`` (its title), ``answer_id`` (a list)."""
     site = pl.col("site") if "site" in pairs.columns else pl.lit("")
     frame = pairs.with_columns(site.alias("_site"))
     if questions is not None:
@@ -51,10 +58,12 @@ def queries_from_pairs(pairs: pl.DataFrame, questions: Collection[tuple[str, int
                               schema={"_site": pl.String, "question_id": pl.Int64})
         frame = frame.with_columns(pl.col("_site").cast(pl.String), pl.col("question_id").cast(pl.Int64)).join(
             wanted, on=["_site", "question_id"], how="semi", maintain_order="left")
-    grouped = frame.group_by("_site", "question_id", maintain_order=True).agg(
+    return frame.group_by("_site", "question_id", maintain_order=True).agg(
         pl.col("instruction").first(), pl.col("answer_id"))
-    return grouped["instruction"].to_list(), [{(s, a) for a in ids} for s, ids in
-                                              zip(grouped["_site"].to_list(), grouped["answer_id"].to_list())]
+
+
+def _relevant(grouped: pl.DataFrame) -> list[set[tuple[str, int]]]:
+    return [{(s, a) for a in ids} for s, ids in zip(grouped["_site"].to_list(), grouped["answer_id"].to_list())]
 
 
 @dataclass
@@ -92,17 +101,28 @@ def evaluate(pairs: pl.DataFrame, index, *, key: str = "answer", mode: str = DEF
 
 
 def _run(pairs, store, key, mode, docs_per_s, questions=None, weight: float = VECTOR_WEIGHT) -> EvalResult:
-    queries, relevant = queries_from_pairs(pairs, questions)
+    result, _ = _run_per_query(pairs, store, key, mode, docs_per_s, questions, weight)
+    return result
+
+
+def _run_per_query(pairs, store, key, mode, docs_per_s, questions=None, weight: float = VECTOR_WEIGHT,
+                   ) -> tuple[EvalResult, dict[tuple[str, int], tuple[float, float]]]:
+    """The result, and per question ``(site, question_id)``: (relevant in the top 5: 0/1, reciprocal rank ≤ 10)."""
+    grouped = _query_frame(pairs, questions)
+    queries, relevant = grouped["instruction"].to_list(), _relevant(grouped)
     ranked, ms = [], []
     for q in queries:
         start = time.perf_counter()
         hits = store.search(q, k=10, mode=mode, weight=weight) if q.strip() else []
         ms.append((time.perf_counter() - start) * 1e3)
         ranked.append([(h.site, h.answer_id) for h in hits])
-    return EvalResult(key=key, mode=mode, queries=len(queries),
-                      success_at_5=round(success_at_k(ranked, relevant, 5), 4),
-                      mrr_at_10=round(mrr_at_k(ranked, relevant, 10), 4), index_docs_per_s=docs_per_s,
-                      query_ms_p50=round(sorted(ms)[len(ms) // 2], 2))
+    per_query = {question: (success_at_k([r], [rel], 5), mrr_at_k([r], [rel], 10)) for question, r, rel in
+                 zip(zip(grouped["_site"].to_list(), grouped["question_id"].to_list()), ranked, relevant)}
+    result = EvalResult(key=key, mode=mode, queries=len(queries),
+                        success_at_5=round(success_at_k(ranked, relevant, 5), 4),
+                        mrr_at_10=round(mrr_at_k(ranked, relevant, 10), 4), index_docs_per_s=docs_per_s,
+                        query_ms_p50=round(sorted(ms)[len(ms) // 2], 2))
+    return result, per_query
 
 
 GRID_KEYS = ("answer", "question+answer")  # what retrieval_eval / garden eval-retrieval measure by default
@@ -129,11 +149,12 @@ def evaluate_grid(pairs: pl.DataFrame, embedder, keys: Sequence[str], modes: Seq
 def compare_models(pairs: pl.DataFrame, embedders: Mapping[str, object], *, key: str = "answer",
                    modes: Sequence[str] = ("fts", "vector", "hybrid"),
                    questions: Collection[tuple[str, int]] | None = None,
-                   weights: Sequence[float] = (VECTOR_WEIGHT,)) -> list[dict]:
+                   weights: Sequence[float] = (VECTOR_WEIGHT,), per_query: bool = False) -> list[dict]:
     """One row per (model, mode[, hybrid weight]): ``model, key, mode, vector_weight, success_at_5, mrr_at_10,
     queries, docs_per_s``. One index per model (built once, all modes searched on it); ``fts`` is the same for
     every model and comes once as model ``bm25``. ``question+answer`` is measured as ``body+answer``;
-    ``questions``: the ``(site, question_id)``s queried (the held-out split), the corpus being every answer."""
+    ``questions``: the ``(site, question_id)``s queried (the held-out split), the corpus being every answer.
+    ``per_query``: each row also maps every question to its (hit in the top 5, reciprocal rank) (``per_query``)."""
     from .store import LONG_TEXT_BY_KEY, QAStore
 
     corpus_key = "body+answer" if key == "question+answer" else key
@@ -147,10 +168,12 @@ def compare_models(pairs: pl.DataFrame, embedders: Mapping[str, object], *, key:
             runs += [(name, "vector", None)] if "vector" in modes else []
             runs += [(name, "hybrid", w) for w in weights] if "hybrid" in modes else []
             for model, mode, weight in runs:
-                r = _run(pairs, store, corpus_key, mode, None, questions, VECTOR_WEIGHT if weight is None else weight)
+                r, outcomes = _run_per_query(pairs, store, corpus_key, mode, None, questions,
+                                             VECTOR_WEIGHT if weight is None else weight)
                 rows.append({"model": model, "key": key, "mode": mode, "vector_weight": weight,
                              "success_at_5": r.success_at_5, "mrr_at_10": r.mrr_at_10, "queries": r.queries,
-                             "docs_per_s": None if model == "bm25" else docs_per_s})
+                             "docs_per_s": None if model == "bm25" else docs_per_s,
+                             **({"per_query": outcomes} if per_query else {})})
     return rows
 
 
@@ -161,23 +184,41 @@ def cross_validate(pairs: pl.DataFrame, fixed: Mapping[str, object], train: Call
     """`compare_models`' rows, every question of ``folds`` held out once: ``train(held)`` returns an embedder
     trained without the pairs of ``held``, which then scores those questions only; the ``fixed`` embedders (and
     bm25) score all of them. The trained model's rows pool its folds (means over every query, ``docs_per_s`` the
-    folds' mean) and carry ``folds``; so do the others', scored on the same questions."""
+    folds' mean) and compare it, question by question, with the first fixed model at the same key, mode and weight:
+    ``vs``, ``success_at_5_delta`` / ``mrr_at_10_delta`` (mean paired difference) and their ``…_se`` (its
+    standard error). Every row carries ``folds``."""
     everyone = frozenset().union(*folds)
     rows = [r for key in keys for r in compare_models(pairs, fixed, key=key, modes=modes, questions=everyone,
-                                                      weights=weights)]
+                                                      weights=weights, per_query=True)]
     parts: dict[tuple, list[dict]] = {}
     for held in folds:
         model = train(frozenset(held))
         for key in keys:
             for r in compare_models(pairs, {name: model}, key=key, modes=[m for m in modes if m != "fts"],
-                                    questions=held, weights=weights):
+                                    questions=held, weights=weights, per_query=True):
                 parts.setdefault((key, r["mode"], r["vector_weight"]), []).append(r)
-    for group in parts.values():
+    anchor = next(iter(fixed), None)
+    for (key, mode, weight), group in parts.items():
         n = sum(p["queries"] for p in group)
 
         def pooled(field: str) -> float:
             return round(sum(p[field] * p["queries"] for p in group) / n, 4)
 
-        rows.append({**group[0], "success_at_5": pooled("success_at_5"), "mrr_at_10": pooled("mrr_at_10"),
-                     "queries": n, "docs_per_s": round(sum(p["docs_per_s"] for p in group) / len(group), 1)})
-    return [{**r, "folds": len(folds)} for r in rows]
+        row = {**group[0], "success_at_5": pooled("success_at_5"), "mrr_at_10": pooled("mrr_at_10"),
+               "queries": n, "docs_per_s": round(sum(p["docs_per_s"] for p in group) / len(group), 1)}
+        ref = next((r for r in rows if (r["model"], r["key"], r["mode"], r["vector_weight"]) ==
+                    (anchor, key, mode, weight)), None)
+        if ref is not None:
+            ours = {q: v for p in group for q, v in p["per_query"].items()}
+            row["vs"] = anchor
+            for i, field in enumerate(("success_at_5", "mrr_at_10")):
+                row[f"{field}_delta"], row[f"{field}_delta_se"] = _paired(
+                    [ours[q][i] - theirs[i] for q, theirs in ref["per_query"].items()])
+        rows.append(row)
+    return [{**{k: v for k, v in r.items() if k != "per_query"}, "folds": len(folds)} for r in rows]
+
+
+def _paired(differences: Sequence[float]) -> tuple[float, float]:
+    """Mean and standard error of paired per-question differences (no error for fewer than 2)."""
+    se = statistics.stdev(differences) / len(differences) ** 0.5 if len(differences) > 1 else 0.0
+    return round(statistics.fmean(differences), 4), round(se, 4)
