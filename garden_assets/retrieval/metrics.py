@@ -154,7 +154,7 @@ def compare_models(pairs: pl.DataFrame, embedders: Mapping[str, object], *, key:
     queries, docs_per_s``. One index per model (built once, all modes searched on it); ``fts`` is the same for
     every model and comes once as model ``bm25``. ``question+answer`` is measured as ``body+answer``;
     ``questions``: the ``(site, question_id)``s queried (the held-out split), the corpus being every answer.
-    ``per_query``: each row also maps every question to its (hit in the top 5, reciprocal rank) (``per_query``)."""
+    ``per_query``: each row also maps every question to (relevant in the top 5: 0/1, reciprocal rank within 10)."""
     from .store import LONG_TEXT_BY_KEY, QAStore
 
     corpus_key = "body+answer" if key == "question+answer" else key
@@ -183,7 +183,7 @@ def cross_validate(pairs: pl.DataFrame, fixed: Mapping[str, object], train: Call
                    name: str = "adapted") -> list[dict]:
     """`compare_models`' rows, every question of ``folds`` held out once: ``train(held)`` returns an embedder
     trained without the pairs of ``held``, which then scores those questions only; the ``fixed`` embedders (and
-    bm25) score all of them. The trained model's rows pool its folds (means over every query, ``docs_per_s`` the
+    bm25) score all of them. The trained model's rows pool its folds (means over every question, ``docs_per_s`` the
     folds' mean) and compare it, question by question, with the first fixed model at the same key, mode and weight:
     ``vs``, ``success_at_5_delta`` / ``mrr_at_10_delta`` (mean paired difference) and their ``…_se`` (its
     standard error). Every row carries ``folds``."""
@@ -199,17 +199,14 @@ def cross_validate(pairs: pl.DataFrame, fixed: Mapping[str, object], train: Call
                 parts.setdefault((key, r["mode"], r["vector_weight"]), []).append(r)
     anchor = next(iter(fixed), None)
     for (key, mode, weight), group in parts.items():
-        n = sum(p["queries"] for p in group)
-
-        def pooled(field: str) -> float:
-            return round(sum(p[field] * p["queries"] for p in group) / n, 4)
-
-        row = {**group[0], "success_at_5": pooled("success_at_5"), "mrr_at_10": pooled("mrr_at_10"),
-               "queries": n, "docs_per_s": round(sum(p["docs_per_s"] for p in group) / len(group), 1)}
+        ours = {q: v for p in group for q, v in p["per_query"].items()}
+        row = {**group[0], "queries": len(ours),
+               "docs_per_s": round(statistics.fmean(p["docs_per_s"] for p in group), 1),
+               **{field: round(statistics.fmean(v[i] for v in ours.values()), 4)
+                  for i, field in enumerate(("success_at_5", "mrr_at_10"))}}
         ref = next((r for r in rows if (r["model"], r["key"], r["mode"], r["vector_weight"]) ==
                     (anchor, key, mode, weight)), None)
         if ref is not None:
-            ours = {q: v for p in group for q, v in p["per_query"].items()}
             row["vs"] = anchor
             for i, field in enumerate(("success_at_5", "mrr_at_10")):
                 row[f"{field}_delta"], row[f"{field}_delta_se"] = _paired(
