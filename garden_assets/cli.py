@@ -105,7 +105,7 @@ def _search(args: argparse.Namespace) -> int:
 
 
 def _eval_retrieval(args: argparse.Namespace) -> int:
-    if args.folds and not args.adapt:
+    if args.folds is not None and not args.adapt:
         raise UsageError("eval-retrieval: --folds needs --adapt (it cross-validates the adapted model)")
     from .retrieval.embedder import Embedder
     from .retrieval.metrics import evaluate_grid
@@ -138,13 +138,13 @@ def _eval_held_out(args: argparse.Namespace, pairs, keys: list[str], modes: list
     from .retrieval.metrics import compare_models, cross_validate
 
     try:  # the split first: a bad --folds or a dump too small fails before any model loads
-        if args.folds:
+        if args.folds is not None:
             folds = question_folds(set(zip(pairs["site"].to_list(), pairs["question_id"].to_list())), args.folds)
         else:
             held = held_out_questions(pairs)
     except ValueError as e:
         raise UsageError(f"eval-retrieval: {args.dump}: {e}") from None
-    if not args.folds and not held.test:
+    if args.folds is None and not held.test:
         raise UsageError(f"eval-retrieval: {args.dump} has too few pairs to hold out a test question")
     with tempfile.TemporaryDirectory(prefix="garden_adapt_") as tmp:
         models = {"minilm": Embedder(args.model)}
@@ -159,7 +159,7 @@ def _eval_held_out(args: argparse.Namespace, pairs, keys: list[str], modes: list
                   "questions", file=sys.stderr, flush=True)
             return Embedder(result.path)
 
-        if args.folds:
+        if args.folds is not None:
             fold_label = {f: f"fold-{i + 1}-of-{len(folds)}" for i, f in enumerate(folds)}
             rows = cross_validate(pairs, models, lambda held: adapted(held, fold_label[held], len(held)), folds=folds,
                                   keys=keys, modes=modes, **weights)

@@ -57,6 +57,7 @@ def test_bad_arguments_and_paths_are_one_line_each(tmp_path, capsys, monkeypatch
         ("eval-retrieval", tmp_path / "nothing.7z"): "no such file",
         ("eval-retrieval", dump, "--folds", "3"): "--folds needs --adapt",
         ("eval-retrieval", dump, "--adapt", "--folds", "1"): "folds must be 2..",
+        ("eval-retrieval", dump, "--adapt", "--folds", "0"): "folds must be 2..",
         ("search", ""): "the question is empty",
         ("search", "   "): "the question is empty",
         ("search", "soil", "--k", "0"): "k must be 1..50, got 0",
