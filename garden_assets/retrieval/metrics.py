@@ -91,22 +91,17 @@ def evaluate(pairs: pl.DataFrame, index, *, key: str = "answer", mode: str = DEF
     from .store import QAStore
 
     if isinstance(index, QAStore):
-        return _run(pairs, index, index.key, mode, None)
+        return _run(pairs, index, index.key, mode, None)[0]
     if key == "question+answer":
         raise ValueError("key question+answer holds the query (the title) itself; evaluate body+answer instead")
     with tempfile.TemporaryDirectory(prefix="garden_eval_") as tmp:
         store = QAStore(tmp, index, key=key)
         stats = store.upsert(pairs)
-        return _run(pairs, store, key, mode, stats.docs_per_s)
+        return _run(pairs, store, key, mode, stats.docs_per_s)[0]
 
 
-def _run(pairs, store, key, mode, docs_per_s, questions=None, weight: float = VECTOR_WEIGHT) -> EvalResult:
-    result, _ = _run_per_query(pairs, store, key, mode, docs_per_s, questions, weight)
-    return result
-
-
-def _run_per_query(pairs, store, key, mode, docs_per_s, questions=None, weight: float = VECTOR_WEIGHT,
-                   ) -> tuple[EvalResult, dict[tuple[str, int], tuple[float, float]]]:
+def _run(pairs, store, key, mode, docs_per_s, questions=None, weight: float = VECTOR_WEIGHT,
+         ) -> tuple[EvalResult, dict[tuple[str, int], tuple[float, float]]]:
     """The result, and per question ``(site, question_id)``: (relevant in the top 5: 0/1, reciprocal rank ≤ 10)."""
     grouped = _query_frame(pairs, questions)
     queries, relevant = grouped["instruction"].to_list(), _relevant(grouped)
@@ -168,8 +163,8 @@ def compare_models(pairs: pl.DataFrame, embedders: Mapping[str, object], *, key:
             runs += [(name, "vector", None)] if "vector" in modes else []
             runs += [(name, "hybrid", w) for w in weights] if "hybrid" in modes else []
             for model, mode, weight in runs:
-                r, outcomes = _run_per_query(pairs, store, corpus_key, mode, None, questions,
-                                             VECTOR_WEIGHT if weight is None else weight)
+                r, outcomes = _run(pairs, store, corpus_key, mode, None, questions,
+                                   VECTOR_WEIGHT if weight is None else weight)
                 rows.append({"model": model, "key": key, "mode": mode, "vector_weight": weight,
                              "success_at_5": r.success_at_5, "mrr_at_10": r.mrr_at_10, "queries": r.queries,
                              "docs_per_s": None if model == "bm25" else docs_per_s,
