@@ -2,6 +2,11 @@
 staged Parquet (same rows as the whole-file reader), a bad row fails naming file and line and leaves the previous
 outputs as they were, and qa_pairs over lazily scanned drops equals the in-memory join."""
 
+import os
+import re
+import subprocess
+import sys
+
 import dagster as dg
 import polars as pl
 import pytest
@@ -173,3 +178,19 @@ def test_streaming_allocations_pin_the_mmap_threshold_once_and_restore_it(monkey
             pass
         assert calls == [("mallopt", -3, malloc.STREAMING_MMAP_THRESHOLD)]
     assert calls[1:] == [("mallopt", -3, malloc.AFTER_MMAP_THRESHOLD), ("trim", 0)]
+
+
+@pytest.mark.parametrize("preset", [None, "narenas:1"])
+def test_polars_allocator_takes_the_package_settings_unless_the_user_set_them(preset):
+    """Importing garden_assets before polars configures polars' jemalloc (one arena per usable core, no thread
+    caches, 1 s decay) as jemalloc itself reports it; a value already in the environment is left alone."""
+    env = {k: v for k, v in os.environ.items() if k != "_RJEM_MALLOC_CONF"} | (
+        {"_RJEM_MALLOC_CONF": preset} if preset else {})
+    code = ("import os, garden_assets; os.environ['_RJEM_MALLOC_CONF'] += ',stats_print:true'\n"
+            "import polars as pl; pl.DataFrame({'a': [1]})")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    opts = dict(re.findall(r"^\s+opt\.(narenas|tcache|dirty_decay_ms): (\w+)", out.stdout + out.stderr, re.M))
+    if preset:
+        assert opts["narenas"] == "1" and opts["tcache"] == "true"
+    else:
+        assert opts == {"narenas": str(len(os.sched_getaffinity(0))), "tcache": "false", "dirty_decay_ms": "1000"}
