@@ -142,7 +142,6 @@ def test_positives_take_the_index_key_forms_and_only_train_pairs():
         adapt.AdaptOptions(positives=("question+answer",))
 
 
-
 def test_question_folds_partition_the_questions():
     questions = {(site, q) for site in ("a", "b") for q in range(23)}
     folds = question_folds(questions, 5)
